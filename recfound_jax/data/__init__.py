@@ -1,0 +1,1 @@
+"""Tasks, the released JSONL format, prompt formatting, the synthetic dataset and batching."""

@@ -1,0 +1,232 @@
+"""HF Mistral checkpoints in and out: config.json, streamed safetensors loading, export (optionally folded).
+
+`load_hf` builds the model abstractly (no weights), then reads one HF tensor at a time into a stacked
+host buffer per weight kind and places it on its target sharding, so host memory never holds the
+model twice. `save_hf` writes config.json and safetensors that transformers' MistralForCausalLM
+loads; with ``task=`` it folds that task's gated expert bank into W0 first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from recfound_jax import parallel
+from recfound_jax.data.tasks import get_task
+from recfound_jax.model import safetensors_io as st
+from recfound_jax.model.mistral import Mistral, MistralConfig
+from recfound_jax.model.tmole import TMoLE, TMoLEConfig, folded_delta
+
+# Stacked weight kind -> HF tensor name template (one tensor per layer).
+LAYER_KEYS = {
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "q": "model.layers.{i}.self_attn.q_proj.weight",
+    "k": "model.layers.{i}.self_attn.k_proj.weight",
+    "v": "model.layers.{i}.self_attn.v_proj.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "mlp_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+}
+GLOBAL_KEYS = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def config_from_hf(raw: dict[str, Any], source: str = "config.json") -> MistralConfig:
+    """MistralConfig from a HF config dict; reads rope_parameters.rope_theta (transformers 5) or rope_theta."""
+    def need(key):
+        if key not in raw:
+            raise KeyError(f"{source}: missing field {key!r}")
+        return raw[key]
+
+    if raw.get("model_type", "mistral") not in ("mistral", "llama"):
+        raise ValueError(f"{source}: model_type {raw.get('model_type')!r} is not a Mistral model")
+    if raw.get("tie_word_embeddings", False):
+        raise ValueError(f"{source}: tie_word_embeddings=true is not supported (Mistral has an untied LM head)")
+    heads = need("num_attention_heads")
+    rope = raw.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+    head_dim = raw.get("head_dim") or need("hidden_size") // heads
+    return MistralConfig(
+        vocab_size=need("vocab_size"), hidden_size=need("hidden_size"),
+        intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),
+        num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads, head_dim=head_dim,
+        rms_norm_eps=raw.get("rms_norm_eps", 1e-5), rope_theta=float(theta),
+        sliding_window=raw.get("sliding_window"),
+        max_position_embeddings=raw.get("max_position_embeddings", 32768),
+        bos_token_id=raw.get("bos_token_id", 1), eos_token_id=raw.get("eos_token_id", 2))
+
+
+def config_to_hf(cfg: MistralConfig, dtype: Any) -> dict[str, Any]:
+    """A config.json dict that transformers 4.x and 5.x both read as MistralConfig."""
+    dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[jnp.dtype(dtype).name]
+    return {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "sliding_window": cfg.sliding_window, "tie_word_embeddings": False, "attention_dropout": 0.0,
+        "initializer_range": 0.02, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "torch_dtype": dtype_name, "use_cache": True,
+    }
+
+
+def read_config(path: str | os.PathLike) -> MistralConfig:
+    """The MistralConfig of a HF checkpoint directory."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json")
+    return config_from_hf(json.loads(file.read_text()), source=str(file))
+
+
+def expected_tensors(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for a config."""
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    per_layer = {"attn_norm": (d,), "q": (cfg.q_dim, d), "k": (cfg.kv_dim, d), "v": (cfg.kv_dim, d),
+                 "o": (d, cfg.q_dim), "mlp_norm": (d,), "gate": (f, d), "up": (f, d), "down": (d, f)}
+    shapes = {GLOBAL_KEYS["embed"]: (v, d), GLOBAL_KEYS["final_norm"]: (d,), GLOBAL_KEYS["lm_head"]: (v, d)}
+    for i in range(cfg.num_layers):
+        for kind, template in LAYER_KEYS.items():
+            shapes[template.format(i=i)] = per_layer[kind]
+    return shapes
+
+
+def _check_tensors(path: Path, infos: dict[str, st.TensorInfo], cfg: MistralConfig) -> None:
+    expected = expected_tensors(cfg)
+    missing = sorted(set(expected) - set(infos))
+    if missing:
+        raise ValueError(f"{path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(n for n in set(infos) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensor {unexpected[0]} for a {cfg.num_layers}-layer Mistral config")
+    for name, shape in expected.items():
+        if infos[name].shape != shape:
+            raise ValueError(f"{path}: tensor {name} has shape {infos[name].shape}, config.json implies {shape}")
+
+
+def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def load_hf(
+    path: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    tmole: TMoLEConfig | None = None,
+    compute_dtype: Any = None,
+    remat: str = "none",
+    attention_impl: str = "xla",
+    seed: int = 0,
+) -> Mistral:
+    """Load a HF Mistral directory as a `Mistral` (base weights in ``dtype``), adapters freshly initialised.
+
+    Streams tensor by tensor onto the target sharding of ``mesh`` (or the default device).
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    infos = st.index_checkpoint(path)
+    _check_tensors(path, infos, cfg)
+    dtype = jnp.dtype(dtype)
+    kwargs = dict(param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat, attention_impl=attention_impl)
+    model = nnx.eval_shape(lambda: Mistral(cfg, rngs=nnx.Rngs(seed), **kwargs))
+
+    def sharding(name: str, shape: tuple[int, ...]):
+        return None if mesh is None else jax.sharding.NamedSharding(mesh, parallel.spec_for(name, shape, mesh))
+
+    for kind, hf_name in GLOBAL_KEYS.items():
+        var = getattr(model, kind)
+        var.set_value(_place(_read_as(infos[hf_name], dtype), sharding(kind, var.shape)))
+    for kind, template in LAYER_KEYS.items():
+        var = getattr(model.layers, kind)
+        host = np.empty(var.shape, dtype)
+        for i in range(cfg.num_layers):
+            st.read_into(infos[template.format(i=i)], host[i])
+        var.set_value(_place(host, sharding(f"layers/{kind}", host.shape)))
+        del host
+    if tmole is not None:
+        model.adapters = _init_adapters(cfg, tmole, seed, mesh)
+        model.tmole_config = tmole
+    return model
+
+
+def _read_as(info: st.TensorInfo, dtype: np.dtype) -> np.ndarray:
+    out = np.empty(info.shape, dtype)
+    st.read_into(info, out)
+    return out
+
+
+def _init_adapters(cfg: MistralConfig, tmole: TMoLEConfig, seed: int, mesh: Mesh | None) -> TMoLE:
+    adapters = TMoLE(tmole, cfg.num_layers, cfg.projection_dims(), rngs=nnx.Rngs(seed + 1))
+    if mesh is not None:
+        graphdef, state = nnx.split(adapters)
+        shardings = jax.tree_util.tree_map_with_path(
+            lambda p, x: jax.sharding.NamedSharding(mesh, parallel.spec_for("adapters/" + parallel.path_str(p), x.shape, mesh)),
+            state)
+        adapters = nnx.merge(graphdef, jax.device_put(state, shardings))
+    return adapters
+
+
+def folded_weights(model: Mistral, task: str | int) -> dict[str, jax.Array]:
+    """Base q/k/v/o weights [L, out, in] with ``task``'s gated bank folded in: W0 + ΔW_t (float32 sum)."""
+    if model.adapters is None:
+        raise ValueError("this model has no adapters to fold")
+    task_id = get_task(task).id
+    gates = model.adapters.gates(jnp.array([task_id]))
+    scale = model.adapters.cfg.scale
+    out = {}
+    for name, bank in model.adapters.banks.items():
+        delta = folded_delta(bank.a[...], bank.b[...], gates[name][:, 0], scale)  # [L, in, out]
+        base = getattr(model.layers, name)[...]
+        out[name] = (base.astype(jnp.float32) + jnp.swapaxes(delta, 1, 2)).astype(base.dtype)
+    return out
+
+
+def save_hf(
+    model: Mistral,
+    path: str | os.PathLike,
+    *,
+    task: str | int | None = None,
+    max_shard_bytes: int = 4 * 2**30,
+) -> Path:
+    """Write config.json and safetensors that transformers' MistralForCausalLM.from_pretrained loads.
+
+    With ``task`` the task's adapters are folded into q/k/v/o (a plain Mistral for that one task).
+    """
+    path = Path(path)
+    cfg = model.config
+    dtype = model.embed[...].dtype
+    replaced = folded_weights(model, task) if task is not None else {}
+
+    def global_tensor(kind):
+        return lambda: np.asarray(jax.device_get(getattr(model, kind)[...]))
+
+    def layer_tensor(kind, i):
+        stacked = replaced[kind] if kind in replaced else getattr(model.layers, kind)[...]
+        return lambda: np.asarray(jax.device_get(stacked[i]))
+
+    shapes = expected_tensors(cfg)
+    tensors = [(GLOBAL_KEYS["embed"], shapes[GLOBAL_KEYS["embed"]], dtype, global_tensor("embed"))]
+    for i in range(cfg.num_layers):
+        for kind, template in LAYER_KEYS.items():
+            name = template.format(i=i)
+            tensors.append((name, shapes[name], dtype, layer_tensor(kind, i)))
+    for kind in ("final_norm", "lm_head"):
+        tensors.append((GLOBAL_KEYS[kind], shapes[GLOBAL_KEYS[kind]], dtype, global_tensor(kind)))
+    path.mkdir(parents=True, exist_ok=True)
+    st.write_checkpoint(path, tensors, max_shard_bytes=max_shard_bytes)
+    (path / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2))
+    return path

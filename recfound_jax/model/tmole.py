@@ -1,0 +1,169 @@
+"""TMoLE: Task-wise Mixture of Low-rank Experts on the attention projections.
+
+Each adapted projection y = x W0 carries a bank of N low-rank experts A[N, d_in, r], B[N, r, d_out],
+stacked over layers ([L, N, ...]) so the decoder can scan them with its base weights. A task embedding
+(one table for the model) goes through one router per projection and layer; experts of the other kind
+get -inf before the softmax, so embedding tasks never use generative experts and the reverse:
+
+    y = x W0 + (alpha / r) * sum_j g_j(task) * (dropout(x) A_j) B_j
+
+The gate depends only on the task, so for a fixed task the bank folds into one dense delta
+(`folded_delta`). ``enabled=False`` gives one plain LoRA per projection (the paper's ablation).
+Expert order in a bank: embedding experts, then shared, then generative (METHOD.md §4).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recfound_jax.data.tasks import TASK_TABLE_SIZE, TASKS
+
+TARGETS = ("q", "k", "v", "o")
+
+# Kind of each row of the task-embedding table: 0 embedding, 1 generative, 2 "none" (all experts allowed).
+_TASK_KIND = np.array([0 if t.is_embedding else 1 for t in TASKS] + [2], dtype=np.int32)
+_EXPERT_EMBEDDING, _EXPERT_SHARED, _EXPERT_GENERATIVE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TMoLEConfig:
+    """Expert counts, rank and router shape. The released layout is 3/0/3 with a linear router."""
+
+    enabled: bool = True
+    num_embedding: int = 2
+    num_shared: int = 2
+    num_generative: int = 2
+    rank: int = 16
+    alpha: float = 64.0
+    dropout: float = 0.1
+    task_embedding_dim: int = 512
+    router_hidden: tuple[int, ...] = ()
+    targets: tuple[str, ...] = TARGETS
+
+    def __post_init__(self):
+        counts = (self.num_embedding, self.num_shared, self.num_generative)
+        if min(counts) < 0 or self.rank <= 0:
+            raise ValueError(f"tmole: expert counts {counts} must be >= 0 and rank {self.rank} > 0")
+        if self.enabled and (self.num_embedding + self.num_shared == 0 or self.num_generative + self.num_shared == 0):
+            raise ValueError(
+                f"tmole: expert counts embedding={self.num_embedding} shared={self.num_shared} "
+                f"generative={self.num_generative} leave one task kind with no expert")
+        unknown = set(self.targets) - set(TARGETS)
+        if unknown:
+            raise ValueError(f"tmole.targets: unknown projections {sorted(unknown)}; valid: {TARGETS}")
+
+    @property
+    def num_experts(self) -> int:
+        return self.num_embedding + self.num_shared + self.num_generative if self.enabled else 1
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def expert_kinds(self) -> np.ndarray:
+        """Kind of each expert in bank order: 0 embedding, 1 shared, 2 generative."""
+        return np.array([_EXPERT_EMBEDDING] * self.num_embedding + [_EXPERT_SHARED] * self.num_shared
+                        + [_EXPERT_GENERATIVE] * self.num_generative, dtype=np.int32)
+
+    def allowed_experts(self) -> np.ndarray:
+        """Boolean [task table rows, N]: which experts each task may route to."""
+        kinds = self.expert_kinds()[None, :]
+        task_kind = _TASK_KIND[:, None]
+        return ((kinds == _EXPERT_SHARED) | (task_kind == 2)
+                | ((kinds == _EXPERT_EMBEDDING) & (task_kind == 0))
+                | ((kinds == _EXPERT_GENERATIVE) & (task_kind == 1)))
+
+
+def _kaiming_uniform_a(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    # torch's kaiming_uniform_(a=sqrt(5)) on a Linear weight: bound = 1 / sqrt(fan_in).
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class ExpertBank(nnx.Module):
+    """The experts and router of one projection (q, k, v or o), stacked over layers."""
+
+    def __init__(self, cfg: TMoLEConfig, num_layers: int, d_in: int, d_out: int, *, rngs: nnx.Rngs):
+        n, r = cfg.num_experts, cfg.rank
+        self.a = nnx.Param(_kaiming_uniform_a(rngs.params(), (num_layers, n, d_in, r), d_in))
+        self.b = nnx.Param(jnp.zeros((num_layers, n, r, d_out), jnp.float32))
+        if cfg.enabled:
+            dims = (cfg.task_embedding_dim, *cfg.router_hidden, n)
+            self.router_w = nnx.List([
+                nnx.Param(jax.random.normal(rngs.params(), (num_layers, d0, d1), jnp.float32))
+                for d0, d1 in zip(dims[:-1], dims[1:])])
+            self.router_b = nnx.List([nnx.Param(jnp.zeros((num_layers, d1), jnp.float32)) for d1 in dims[1:]])
+        else:
+            self.router_w = nnx.List([])
+            self.router_b = nnx.List([])
+
+    def router_logits(self, task_vectors: jax.Array) -> jax.Array:
+        """Router logits [L, B, N] of task vectors [B, E]; hidden layers use GELU."""
+        h = jnp.broadcast_to(task_vectors, (self.a.shape[0], *task_vectors.shape))
+        depth = len(self.router_w)
+        for i, (w, b) in enumerate(zip(self.router_w, self.router_b)):
+            h = jnp.einsum("lbe,leh->lbh", h, w[...]) + b[...][:, None, :]
+            if i < depth - 1:
+                h = jax.nn.gelu(h)
+        return h
+
+
+class TMoLE(nnx.Module):
+    """All adapter state of a model: the task embedding table and one expert bank per target projection."""
+
+    def __init__(self, cfg: TMoLEConfig, num_layers: int, dims: dict[str, tuple[int, int]], *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        if cfg.enabled:
+            e = cfg.task_embedding_dim
+            std = math.sqrt(2.0 / (TASK_TABLE_SIZE + e))  # xavier normal, as released
+            self.task_embedding = nnx.Param(std * jax.random.normal(rngs.params(), (TASK_TABLE_SIZE, e), jnp.float32))
+        self.banks = nnx.Dict({t: ExpertBank(cfg, num_layers, *dims[t], rngs=rngs) for t in cfg.targets})
+
+    def gates(self, task_ids: jax.Array | None) -> dict[str, jax.Array]:
+        """Per-sample gates {target: [L, B, N]} (float32); a plain LoRA gets all ones."""
+        num_layers = next(iter(self.banks.values())).a.shape[0]
+        if not self.cfg.enabled:
+            batch = 1 if task_ids is None else task_ids.shape[0]
+            return {t: jnp.ones((num_layers, batch, 1), jnp.float32) for t in self.banks}
+        if task_ids is None:
+            raise ValueError("a TMoLE model needs task_ids for every sample")
+        vectors = self.task_embedding[...][task_ids]
+        allowed = jnp.asarray(self.cfg.allowed_experts())[task_ids]  # [B, N]
+        out = {}
+        for name, bank in self.banks.items():
+            logits = bank.router_logits(vectors)
+            out[name] = jax.nn.softmax(jnp.where(allowed[None], logits, -jnp.inf), axis=-1)
+        return out
+
+
+def expert_delta(
+    x: jax.Array,
+    gate: jax.Array,
+    a: jax.Array,
+    b: jax.Array,
+    *,
+    scale: float,
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+    """The gated bank's output for x [B, T, d_in]: (scale) sum_j gate[:, j] (dropout(x) A_j) B_j.
+
+    gate [B, N]; a [N, d_in, r]; b [N, r, d_out]. Two batched contractions, no loop over experts.
+    Computed in x's dtype; adapters are cast to it.
+    """
+    if dropout_key is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - dropout_rate), 0).astype(x.dtype)
+    xa = jnp.einsum("btd,ndr->btnr", x, a.astype(x.dtype))
+    xa = xa * (gate.astype(x.dtype) * scale)[:, None, :, None]
+    return jnp.einsum("btnr,nro->bto", xa, b.astype(x.dtype))
+
+
+def folded_delta(a: jax.Array, b: jax.Array, gate_row: jax.Array, scale: float) -> jax.Array:
+    """One task's dense delta ΔW = scale * sum_j v_j A_j B_j: a [..., N, d_in, r], b [..., N, r, d_out], gate [..., N]."""
+    return scale * jnp.einsum("...n,...ndr,...nro->...do", gate_row, a, b)

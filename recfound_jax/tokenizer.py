@@ -1,0 +1,86 @@
+"""A small SentencePiece wrapper for the Mistral v3 tokenizer.
+
+Default file: the v3 SentencePiece model that ships inside the ``mistral-common`` package, the same
+file as Mistral-7B-Instruct-v0.3's ``tokenizer.model``. A checkpoint directory with its own
+``tokenizer.model`` takes precedence when given. Text is never parsed for special tokens: BOS/EOS are
+added as ids, so ``<|user|>`` or ``<|embed|>`` in text are plain characters, as GritLM trains them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import sentencepiece as spm
+
+_V3_FILE = "mistral_instruct_tokenizer_240323.model.v3"
+
+
+def default_tokenizer_path() -> Path:
+    """Path of the Mistral v3 SentencePiece model shipped inside ``mistral-common``."""
+    import mistral_common
+
+    path = Path(os.path.dirname(mistral_common.__file__)) / "data" / _V3_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"mistral-common does not ship {_V3_FILE} (looked at {path})")
+    return path
+
+
+def resolve_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
+    """A tokenizer file: ``path`` itself, ``path/tokenizer.model``, or the default v3 file."""
+    if path is None:
+        return default_tokenizer_path()
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "tokenizer.model"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"{path}: no tokenizer.model in this directory")
+        return candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    return path
+
+
+class Tokenizer:
+    """SentencePiece tokenizer with Mistral's bos/eos ids and a pad id (the unk id, 0)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = resolve_tokenizer_path(path)
+        self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        self.bos_id: int = self._sp.bos_id()
+        self.eos_id: int = self._sp.eos_id()
+        # Mistral has no pad token; 0 (<unk>) is never produced by byte-fallback encoding.
+        self.pad_id: int = self._sp.pad_id() if self._sp.pad_id() >= 0 else self._sp.unk_id()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of one text, optionally with BOS first and EOS last."""
+        ids = self._sp.encode(text)
+        return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+
+    def encode_batch(
+        self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False, num_threads: int = -1
+    ) -> list[list[int]]:
+        """Token ids of many texts at once (SentencePiece's threaded batch encoder)."""
+        batch = self._sp.encode(list(texts), num_threads=num_threads)
+        head = [self.bos_id] if add_bos else []
+        tail = [self.eos_id] if add_eos else []
+        return [head + ids + tail for ids in batch]
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        """Text of ids; bos/eos/pad are dropped unless ``skip_special`` is False."""
+        ids = [int(i) for i in ids]
+        if skip_special:
+            special = {self.bos_id, self.eos_id, self.pad_id}
+            ids = [i for i in ids if i not in special]
+        return self._sp.decode(ids)
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, skip_special: bool = True) -> list[str]:
+        """Texts of many id lists."""
+        return [self.decode(ids, skip_special=skip_special) for ids in batch]
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))

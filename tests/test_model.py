@@ -1,0 +1,181 @@
+"""The Flax Mistral on its own: KV cache, attention forms, sharded forward, TMoLE gates and folding."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recfound_jax import parallel
+from recfound_jax.data import tasks
+from recfound_jax.model import attention
+from recfound_jax.model.hf import folded_weights
+from recfound_jax.model.mistral import Mistral, MistralConfig
+from recfound_jax.model.tmole import TMoLEConfig, folded_delta
+
+CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                    num_kv_heads=2, head_dim=8, rope_theta=1e4)
+TMOLE = TMoLEConfig(rank=4, alpha=8.0, dropout=0.0, task_embedding_dim=16)
+
+
+def _randomise_b(model: Mistral, seed: int = 0) -> None:
+    """Give the zero-initialised B matrices random values so adapters change the output."""
+    key = jax.random.key(seed)
+    for bank in model.adapters.banks.values():
+        key, sub = jax.random.split(key)
+        bank.b.set_value(0.05 * jax.random.normal(sub, bank.b[...].shape))
+
+
+def _ids(batch=3, length=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(1, CFG.vocab_size, (batch, length)))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_kv_cache_decode_equals_full_forward(window):
+    cfg = MistralConfig(**{**CFG.__dict__, "sliding_window": window})
+    model = Mistral(cfg, tmole=TMOLE, rngs=nnx.Rngs(0))
+    _randomise_b(model)
+    ids, task_ids = _ids(2, 9), jnp.array([4, 7])
+    full = model(ids, task_ids=task_ids)
+    cache = model.init_cache(2, 12)
+    prompt = 4
+    logits, cache = model.prefill(ids[:, :prompt], jnp.ones((2, prompt), jnp.int32), cache, task_ids=task_ids)
+    np.testing.assert_allclose(logits, full[:, :prompt], atol=1e-5)
+    for pos in range(prompt, 9):
+        step, cache = model.decode_step(ids[:, pos], jnp.full((2,), pos), cache, task_ids=task_ids)
+        np.testing.assert_allclose(step, full[:, pos], atol=1e-5)
+
+
+def test_decode_rows_at_their_own_positions():
+    """Right-padded prompts of different lengths continue each from its own end."""
+    model = Mistral(CFG, rngs=nnx.Rngs(1))
+    ids = _ids(2, 8, seed=3)
+    lengths = jnp.array([5, 3])
+    mask = (jnp.arange(8)[None] < lengths[:, None]).astype(jnp.int32)
+    cache = model.init_cache(2, 8)
+    _, cache = model.prefill(ids[:, :5] * mask[:, :5], mask[:, :5], cache)
+    step, _ = model.decode_step(ids[jnp.arange(2), lengths], lengths, cache)
+    for row, n in enumerate([5, 3]):
+        full = model(ids[row:row + 1, :n + 1])
+        np.testing.assert_allclose(step[row], full[0, n], atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 4])
+def test_structured_attention_equals_explicit_mask(causal, window):
+    key = jax.random.key(0)
+    q, k, v = (jax.random.normal(s, shape) for s, shape in
+               zip(jax.random.split(key, 3), [(3, 8, 4, 8), (3, 8, 2, 8), (3, 8, 2, 8)]))
+    lengths = jnp.array([8, 5, 2])
+    mask_1d = (jnp.arange(8)[None] < lengths[:, None]).astype(jnp.int32)
+    explicit = attention.attend(q, k, v, attention.full_sequence_mask(mask_1d, 8, causal=causal, sliding_window=window))
+    structured = attention.attend_right_padded(q, k, v, lengths, causal=causal, sliding_window=window)
+    real = np.asarray(mask_1d, bool)
+    np.testing.assert_allclose(np.asarray(structured)[real], np.asarray(explicit)[real], atol=1e-5)
+
+
+def test_bidirectional_differs_from_causal_only_through_attention():
+    one_layer = MistralConfig(**{**CFG.__dict__, "num_layers": 1})
+    model = Mistral(one_layer, rngs=nnx.Rngs(0))
+    ids = _ids(1, 6)
+    causal = model.hidden_states(ids, causal=True)
+    bidir = model.hidden_states(ids, causal=False)
+    # With one layer the last token attends to every token either way.
+    np.testing.assert_allclose(causal[:, -1], bidir[:, -1], atol=1e-5)
+    assert not np.allclose(causal[:, 0], bidir[:, 0], atol=1e-3)
+
+
+def test_zero_b_equals_base_model_exactly():
+    base = Mistral(CFG, rngs=nnx.Rngs(0))
+    adapted = Mistral(CFG, tmole=TMOLE, rngs=nnx.Rngs(0))
+    ids = _ids()
+    for attr in ("embed", "final_norm", "lm_head"):
+        getattr(adapted, attr).set_value(getattr(base, attr)[...])
+    for name, value in base.layers.arrays().items():
+        getattr(adapted.layers, name).set_value(value)
+    expected = base(ids)
+    got = adapted(ids, task_ids=jnp.array([0, 5, 12]))
+    chex.assert_trees_all_equal(got, expected)
+
+
+@pytest.mark.parametrize("counts", [(2, 2, 2), (3, 0, 3), (1, 2, 0)])
+def test_gates_mask_the_other_kind(counts):
+    cfg = TMoLEConfig(num_embedding=counts[0], num_shared=counts[1], num_generative=counts[2],
+                      rank=2, task_embedding_dim=8, router_hidden=(6,))
+    model = Mistral(CFG, tmole=cfg, rngs=nnx.Rngs(0))
+    task_ids = jnp.arange(tasks.TASK_TABLE_SIZE)
+    kinds = cfg.expert_kinds()
+    for gate in model.adapters.gates(task_ids).values():
+        chex.assert_shape(gate, (CFG.num_layers, tasks.TASK_TABLE_SIZE, cfg.num_experts))
+        np.testing.assert_allclose(gate.sum(-1), 1.0, atol=1e-6)
+        for task in tasks.TASKS:
+            other = 2 if task.is_embedding else 0
+            assert np.all(np.asarray(gate[:, task.id, kinds == other]) == 0.0)
+            assert np.all(np.asarray(gate[:, task.id, kinds != other]) > 0.0)
+
+
+def test_plain_lora_when_disabled():
+    model = Mistral(CFG, tmole=TMoLEConfig(enabled=False, rank=8, task_embedding_dim=8), rngs=nnx.Rngs(0))
+    assert model.adapters.banks["q"].a[...].shape == (CFG.num_layers, 1, CFG.hidden_size, 8)
+    assert not hasattr(model.adapters, "task_embedding")
+    _randomise_b(model)
+    np.testing.assert_allclose(model(_ids(), task_ids=jnp.array([0, 1, 2])),
+                               model(_ids(), task_ids=jnp.array([5, 6, 7])), atol=0)
+
+
+def test_bank_folds_into_one_dense_delta_per_task():
+    model = Mistral(CFG, tmole=TMOLE, rngs=nnx.Rngs(0))
+    _randomise_b(model)
+    ids = _ids()
+    for task in ("Emb_item", "Sentiment_Analysis"):
+        task_id = tasks.get_task(task).id
+        expected = model(ids, task_ids=jnp.full((3,), task_id))
+        plain = Mistral(CFG, rngs=nnx.Rngs(0))
+        for name, weight in folded_weights(model, task).items():
+            getattr(plain.layers, name).set_value(weight)
+        np.testing.assert_allclose(plain(ids), expected, atol=1e-5)
+
+
+def test_folded_delta_equals_sum_of_expert_products():
+    rng = np.random.default_rng(0)
+    a, b, g = rng.normal(size=(3, 5, 2)), rng.normal(size=(3, 2, 4)), rng.random(3)
+    expected = 2.0 * sum(g[j] * a[j] @ b[j] for j in range(3))
+    np.testing.assert_allclose(folded_delta(jnp.asarray(a), jnp.asarray(b), jnp.asarray(g), 2.0), expected, rtol=1e-5)
+
+
+def test_forward_on_8_device_fsdp_mesh_equals_single_device():
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
+    model = Mistral(CFG, tmole=TMOLE, rngs=nnx.Rngs(0))
+    _randomise_b(model)
+    ids, task_ids = _ids(8, 10), jnp.arange(8) % 13
+    expected = model(ids, task_ids=task_ids)
+    mesh = parallel.make_mesh((1, 8, 1))
+    graphdef, state = nnx.split(model)
+    sharded = jax.device_put(state, parallel.state_shardings(state, mesh))
+    assert sharded["layers"]["q"][...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+
+    @jax.jit
+    def forward(state, ids, task_ids):
+        return nnx.merge(graphdef, state)(ids, task_ids=task_ids)
+
+    got = forward(sharded, jax.device_put(ids, parallel.batch_sharding(mesh, 2)), task_ids)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_remat_policies_give_the_same_gradients():
+    model = Mistral(CFG, tmole=TMOLE, rngs=nnx.Rngs(0))
+    _randomise_b(model)
+    ids, task_ids = _ids(), jnp.array([3, 4, 5])
+    grads = {}
+    for policy in ("none", "full", "dots_saveable", "save_attention_out"):
+        model.remat = policy
+
+        def loss(m):
+            return m(ids, task_ids=task_ids).mean()
+
+        grads[policy] = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(model)
+    for policy in ("full", "dots_saveable", "save_attention_out"):
+        chex.assert_trees_all_close(grads[policy], grads["none"], atol=1e-6)
