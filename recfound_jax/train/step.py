@@ -1,0 +1,234 @@
+"""The jitted joint train step: InfoNCE on the embedding batch (optionally GradCache'd) plus token
+cross-entropy on the generative batch, one AdamW update of the adapters, routers and task embedding.
+
+The model is split once into (graphdef, trainable params, frozen base); the step is a pure function
+of (TrainState, base, batches, key), so it jits with in/out shardings and a donated state. The base
+is an input, never an output: it cannot be updated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from recfound_jax.train import losses
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What the step computes: temperature, GradCache chunk (queries), generative micro-batch."""
+
+    temperature: float = 0.02
+    gradcache_chunk: int = 0  # queries per GradCache chunk; 0 = one ordinary backward over the batch
+    generative_micro_batch: int = 0  # samples per accumulated micro-batch; 0 = the whole batch
+
+
+@dataclasses.dataclass
+class ModelParts:
+    """A model split into its static graph, trainable params (nnx.Param) and frozen base."""
+
+    graphdef: Any
+    params: nnx.State
+    base: nnx.State
+
+    @classmethod
+    def of(cls, model: nnx.Module) -> "ModelParts":
+        graphdef, params, base = nnx.split(model, nnx.Param, ...)
+        return cls(graphdef, params, base)
+
+    def merge(self, params: nnx.State | None = None, base: nnx.State | None = None) -> nnx.Module:
+        """The model with the given (or the stored) params and base."""
+        return nnx.merge(self.graphdef, self.params if params is None else params,
+                         self.base if base is None else base)
+
+
+def make_optimizer(*, learning_rate: float, total_steps: int, warmup_ratio: float, weight_decay: float,
+                   grad_clip: float) -> optax.GradientTransformation:
+    """AdamW with linear warmup then linear decay to 0, after global-norm clipping."""
+    warmup = max(int(round(total_steps * warmup_ratio)), 0)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, max(warmup, 1)),
+         optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))], [warmup])
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    return optax.chain(*parts, optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def learning_rate_at(step: int, *, learning_rate: float, total_steps: int, warmup_ratio: float) -> float:
+    """The schedule of `make_optimizer` at a step, for logging."""
+    warmup = max(int(round(total_steps * warmup_ratio)), 0)
+    if step < warmup:
+        return learning_rate * step / max(warmup, 1)
+    return learning_rate * max(0.0, 1.0 - (step - warmup) / max(total_steps - warmup, 1))
+
+
+def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation) -> dict[str, Any]:
+    """{"params", "opt_state", "step"}: everything the update changes."""
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def _embed(parts: ModelParts, params, base, ids, mask, pool_mask, task_ids, key) -> jax.Array:
+    model = parts.merge(params, base)
+    hidden = model.hidden_states(ids, mask, task_ids=task_ids, causal=False, dropout_key=key)
+    return losses.mean_pool(hidden, pool_mask)
+
+
+def _passage_valid(batch: Batch) -> jax.Array | None:
+    if "negative_mask" not in batch:
+        return None
+    ones = jnp.ones_like(batch["negative_mask"])
+    return jnp.stack([ones, batch["negative_mask"]], axis=1).reshape(-1)
+
+
+def _reps(parts, params, base, batch, key):
+    """Pooled query [B, D] and passage [P, D] representations; passages carry their query's task."""
+    kq, kp = (None, None) if key is None else jax.random.split(key)
+    tasks = batch["task_ids"]
+    passage_tasks = jnp.repeat(tasks, batch["passage_ids"].shape[0] // tasks.shape[0])
+    q = _embed(parts, params, base, batch["query_ids"], batch["query_mask"], batch["query_pool_mask"], tasks, kq)
+    p = _embed(parts, params, base, batch["passage_ids"], batch["passage_mask"], batch["passage_pool_mask"],
+               passage_tasks, kp)
+    return q, p
+
+
+def embedding_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key, opts: StepOptions):
+    """InfoNCE and its gradient wrt params; with GradCache when opts.gradcache_chunk divides the batch."""
+    size = batch["query_ids"].shape[0]
+    valid = _passage_valid(batch)
+    chunk = opts.gradcache_chunk
+    if chunk <= 0 or chunk >= size:
+        def loss_fn(p):
+            q, ps = _reps(parts, p, base, batch, key)
+            return losses.info_nce(q, ps, opts.temperature, valid)
+
+        return jax.value_and_grad(loss_fn)(params)
+    if size % chunk:
+        raise ValueError(f"train.gradcache_chunk={chunk} does not divide the embedding batch of {size}")
+    n = size // chunk
+    query_keys = ("query_ids", "query_mask", "query_pool_mask", "task_ids")
+    passage_keys = ("passage_ids", "passage_mask", "passage_pool_mask")
+    chunks = {k: batch[k].reshape(n, chunk, *batch[k].shape[1:]) for k in query_keys}
+    chunks.update({k: batch[k].reshape(n, 2 * chunk, *batch[k].shape[1:]) for k in passage_keys})
+    keys = jax.random.split(key, n)
+
+    def chunk_reps(p, c, k):
+        return _reps(parts, p, base, c, k)
+
+    # 1) representations without gradient, chunk by chunk
+    q_reps, p_reps = jax.lax.map(lambda x: chunk_reps(jax.lax.stop_gradient(params), *x), (chunks, keys))
+    # 2) the loss and its gradient wrt the representations
+    loss, (g_q, g_p) = jax.value_and_grad(
+        lambda q, p: losses.info_nce(q, p, opts.temperature, valid), argnums=(0, 1))(
+        q_reps.reshape(size, -1), p_reps.reshape(2 * size, -1))
+    g_q, g_p = g_q.reshape(q_reps.shape), g_p.reshape(p_reps.shape)
+
+    # 3) one backward per chunk, recomputing its forward with the same dropout key
+    def backward(acc, x):
+        c, k, gq, gp = x
+        _, vjp = jax.vjp(lambda p: chunk_reps(p, c, k), params)
+        (grads,) = vjp((gq, gp))
+        return jax.tree.map(jnp.add, acc, grads), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, _ = jax.lax.scan(backward, zeros, (chunks, keys, g_q, g_p))
+    return loss, grads
+
+
+def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key, opts: StepOptions):
+    """Token-mean cross-entropy over answer tokens and its gradient, accumulated over micro-batches."""
+    size = batch["input_ids"].shape[0]
+    micro = opts.generative_micro_batch if 0 < opts.generative_micro_batch < size else size
+    if size % micro:
+        raise ValueError(f"train.generative_micro_batch={micro} does not divide the generative batch of {size}")
+    n = size // micro
+    chunks = {k: v.reshape(n, micro, *v.shape[1:]) for k, v in batch.items()}
+    keys = jax.random.split(key, n)
+
+    def summed(p, c, k):
+        model = parts.merge(p, base)
+        logits = model(c["input_ids"], c["attention_mask"], task_ids=c["task_ids"], causal=True, dropout_key=k)
+        return losses.token_cross_entropy(logits, c["labels"])
+
+    def accumulate(acc, x):
+        c, k = x
+        (total, count), grads = jax.value_and_grad(summed, has_aux=True)(params, c, k)
+        return jax.tree.map(jnp.add, acc, (total, count, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    (total, count, grads), _ = jax.lax.scan(accumulate, zeros, (chunks, keys))
+    count = jnp.maximum(count, 1.0)
+    return total / count, jax.tree.map(lambda g: g / count, grads)
+
+
+def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions) -> Callable:
+    """step(state, base, emb_batch, gen_batch, key) -> (state, metrics). Jit it (donating state).
+
+    A step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
+    and reports ``finite = 0``.
+    """
+    def step(state, base, emb_batch: Batch | None, gen_batch: Batch | None, key):
+        params = state["params"]
+        key = jax.random.fold_in(key, state["step"])
+        k_emb, k_gen = jax.random.split(key)
+        zero = jax.tree.map(jnp.zeros_like, params)
+        loss_emb, grads_emb = (jnp.zeros(()), zero) if emb_batch is None else \
+            embedding_loss_and_grads(parts, params, base, emb_batch, k_emb, opts)
+        loss_gen, grads_gen = (jnp.zeros(()), zero) if gen_batch is None else \
+            generative_loss_and_grads(parts, params, base, gen_batch, k_gen, opts)
+        grads = jax.tree.map(jnp.add, grads_emb, grads_gen)
+        loss = loss_emb + loss_gen
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = {"params": jax.tree.map(keep, new_params, params),
+                     "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
+                     "step": state["step"] + 1}
+        metrics = {"loss": loss, "loss_emb": loss_emb, "loss_gen": loss_gen, "grad_norm": grad_norm,
+                   "finite": finite.astype(jnp.int32)}
+        return new_state, metrics
+
+    return step
+
+
+def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_tasks: int,
+                  temperature: float) -> Callable:
+    """probe(params, base, emb_batch, gen_batch) -> (per-task InfoNCE [n_emb], per-task token CE [n_gen]).
+
+    Eval mode (no dropout). Embedding probe losses are InfoNCE among the probe samples of the same task;
+    ``task_index`` in each batch gives a sample's position in its branch's task list.
+    """
+    def per_task_mean(values, weights, index, n):
+        sums = jax.ops.segment_sum(values, index, num_segments=n)
+        counts = jax.ops.segment_sum(weights, index, num_segments=n)
+        return sums / jnp.maximum(counts, 1e-9)
+
+    def probe(params, base, emb_batch, gen_batch):
+        emb_losses = jnp.zeros((num_embedding_tasks,))
+        if emb_batch is not None:
+            q, p = _reps(parts, params, base, emb_batch, None)
+            index = emb_batch["task_index"]
+            group = p.shape[0] // q.shape[0]
+            same_task = index[:, None] == jnp.repeat(index, group)[None, :]
+            valid = _passage_valid(emb_batch)
+            if valid is not None:
+                same_task &= valid[None, :] > 0
+            scores = jnp.where(same_task, (q @ p.T) / temperature, -jnp.inf)
+            log_probs = jax.nn.log_softmax(scores, axis=-1)
+            nll = -jnp.take_along_axis(log_probs, (jnp.arange(q.shape[0]) * group)[:, None], axis=-1)[:, 0]
+            emb_losses = per_task_mean(nll, jnp.ones_like(nll), index, num_embedding_tasks)
+        gen_losses = jnp.zeros((num_generative_tasks,))
+        if gen_batch is not None:
+            model = parts.merge(params, base)
+            logits = model(gen_batch["input_ids"], gen_batch["attention_mask"], task_ids=gen_batch["task_ids"])
+            sums, counts = losses.per_sample_cross_entropy(logits, gen_batch["labels"])
+            gen_losses = per_task_mean(sums, counts, gen_batch["task_index"], num_generative_tasks)
+        return emb_losses, gen_losses
+
+    return probe
