@@ -34,22 +34,31 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one entry may be -1 and takes the rest of the devices."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
+def resolve_mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes for ``device_count`` devices; one entry may be -1 (the rest)."""
+    shape = [int(s) for s in shape]
     if len(shape) != 3:
         raise ValueError(f"mesh shape {shape} must have 3 entries for axes {MESH_AXES}")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {len(devices)} available")
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        if known <= 0 or device_count % known:
+            raise ValueError(f"mesh shape {shape} does not divide {device_count} devices")
+        shape[shape.index(-1)] = device_count // known
+    if int(np.prod(shape)) > device_count:
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {device_count} available")
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one entry may be -1 and takes the rest of the devices.
+
+    A fully specified shape may use fewer devices than there are (the first ones).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(shape, len(devices))
+    return Mesh(np.asarray(devices[:int(np.prod(sizes))]).reshape(sizes), MESH_AXES)
 
 
 def _fit(spec: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:

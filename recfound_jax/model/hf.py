@@ -117,7 +117,7 @@ def _check_tensors(path: Path, infos: dict[str, st.TensorInfo], cfg: MistralConf
 
 def _place(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
     if sharding is None:
-        return jnp.asarray(host)
+        return jax.device_put(host, may_alias=True)  # adopts the aligned buffer on CPU: no second copy
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
@@ -142,7 +142,7 @@ def load_hf(
     _check_tensors(path, infos, cfg)
     dtype = jnp.dtype(dtype)
     kwargs = dict(param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat, attention_impl=attention_impl)
-    model = nnx.eval_shape(lambda: Mistral(cfg, rngs=nnx.Rngs(seed), **kwargs))
+    model = nnx.eval_shape(lambda: Mistral(cfg, tmole=tmole, rngs=nnx.Rngs(seed), **kwargs))
 
     def sharding(name: str, shape: tuple[int, ...]):
         return None if mesh is None else jax.sharding.NamedSharding(mesh, parallel.spec_for(name, shape, mesh))
@@ -152,19 +152,18 @@ def load_hf(
         var.set_value(_place(_read_as(infos[hf_name], dtype), sharding(kind, var.shape)))
     for kind, template in LAYER_KEYS.items():
         var = getattr(model.layers, kind)
-        host = np.empty(var.shape, dtype)
+        host = st.empty_aligned(var.shape, dtype)
         for i in range(cfg.num_layers):
             st.read_into(infos[template.format(i=i)], host[i])
         var.set_value(_place(host, sharding(f"layers/{kind}", host.shape)))
         del host
     if tmole is not None:
         model.adapters = _init_adapters(cfg, tmole, seed, mesh)
-        model.tmole_config = tmole
     return model
 
 
 def _read_as(info: st.TensorInfo, dtype: np.dtype) -> np.ndarray:
-    out = np.empty(info.shape, dtype)
+    out = st.empty_aligned(info.shape, dtype)
     st.read_into(info, out)
     return out
 

@@ -76,6 +76,19 @@ def index_checkpoint(directory: str | os.PathLike) -> dict[str, TensorInfo]:
     raise FileNotFoundError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
+def empty_aligned(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary.
+
+    JAX's CPU backend adopts a 64-byte-aligned numpy buffer without copying it (device_put with
+    may_alias=True), which keeps a loaded model from being held twice in host memory.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 def read_into(info: TensorInfo, out: np.ndarray) -> None:
     """Read one tensor into ``out`` (same shape; same dtype or converted through a temporary)."""
     if out.shape != info.shape:

@@ -1,0 +1,374 @@
+"""The training run: inputs, sharded state, the loop with S2Sched, logging, checkpoints and resume.
+
+`train(config, workdir)` is what `python -m recfound_jax.train` and notebooks call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from recfound_jax import checkpoint, config as config_lib, parallel, runs
+from recfound_jax.data import batching, formatting
+from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
+from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.train import step as step_lib
+from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class RunExistsError(FileExistsError):
+    """The work directory already holds another run."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What a run reads: base checkpoint, dataset, tokenizer and tokenized splits."""
+
+    base: Path
+    data: Path
+    tokenizer: Tokenizer
+    train: formatting.TokenizedSplit
+    valid: formatting.TokenizedSplit
+
+
+def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path) -> Inputs:
+    """Build or find the base and dataset, then validate and tokenize train and valid (cached)."""
+    base = runs.resolve_base(c)
+    data = runs.resolve_data(c)
+    tokenizer = Tokenizer(runs.tokenizer_path(base))
+    cache = workdir / "token_cache"
+    kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
+                  generative_max_len=c.data.generative_len, cache_dir=cache, on_error=c.data.on_error)
+    train = formatting.tokenize_split(data, "train", tokenizer, **kwargs)
+    valid = formatting.tokenize_split(data, "valid", tokenizer, **kwargs)
+    return Inputs(base, data, tokenizer, train, valid)
+
+
+def _batch_config(c: ml_collections.ConfigDict, emb: int, gen: int, seed: int) -> batching.BatchConfig:
+    return batching.BatchConfig(embedding_batch_size=emb, generative_batch_size=gen, query_len=c.data.query_len,
+                                passage_len=c.data.passage_len, generative_len=c.data.generative_len, seed=seed,
+                                process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit) -> tuple[dict, dict]:
+    """The fixed probe sets: ``s2sched.probe_size`` validation samples of every task, with task_index."""
+    n = c.s2sched.probe_size
+    cfg = dataclasses.replace(_batch_config(c, n * len(EMBEDDING_TASKS), n * len(GENERATIVE_TASKS), c.seed + 1),
+                              process_index=0, process_count=1)
+    for kind, table, tasks in (("embedding", valid.embedding, EMBEDDING_TASKS),
+                               ("generative", valid.generative, GENERATIVE_TASKS)):
+        missing = [t.name for t in tasks if not np.any(table.task_ids == t.id)]
+        if missing:
+            raise ValueError(f"the valid split has no {kind} rows of {', '.join(missing)}: S2Sched needs probes")
+    batcher = batching.Batcher(valid, cfg)
+    emb, gen = batcher.next_batches([n] * len(EMBEDDING_TASKS), [n] * len(GENERATIVE_TASKS))
+    emb["task_index"] = emb["task_ids"].copy()
+    gen["task_index"] = gen["task_ids"] - len(EMBEDDING_TASKS)
+    return emb, gen
+
+
+def _schedulers(c: ml_collections.ConfigDict) -> tuple[S2Sched, S2Sched]:
+    s = c.s2sched
+    sched_cfg = S2SchedConfig(enabled=s.enabled, window=s.window, tau=s.tau, warmup_ratio=s.warmup_ratio,
+                              warmup_steps=None if s.warmup_steps < 0 else s.warmup_steps,
+                              probe_size=s.probe_size, update_every=s.update_every, floor=s.floor)
+    return (S2Sched(sched_cfg, [t.id for t in EMBEDDING_TASKS], c.train.embedding_batch, c.train.steps),
+            S2Sched(sched_cfg, [t.id for t in GENERATIVE_TASKS], c.train.generative_batch, c.train.steps))
+
+
+def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the run directory; refuse to reuse another run's directory without --resume or --overwrite."""
+    config_file = workdir / runs.CONFIG_FILE
+    if config_file.exists() and not resume:
+        if not overwrite:
+            raise RunExistsError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite "
+                                 "to replace it")
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(workdir)
+    if resume and not config_file.exists():
+        raise FileNotFoundError(f"--resume: {workdir} holds no run to resume")
+    if resume:
+        saved = json.loads(config_file.read_text())
+        current = json.loads(json.dumps(config_lib.to_dict(c)))  # tuples become lists, as in the file
+        if saved != current:
+            changed = sorted(_diff(saved, current))
+            raise ValueError(f"--resume: the config differs from the run's config.json at {changed}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json(config_file, config_lib.to_dict(c))
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = set(a) | set(b)
+    out = []
+    for k in keys:
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(prefix + k)
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl (one object a step) and TensorBoard scalars."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.path = workdir / METRICS_FILE
+        if self.path.exists():  # keep only what precedes the checkpoint we resume from
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a")
+        try:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self.board = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+            self.board = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _real_tokens(emb: dict | None, gen: dict | None) -> int:
+    total = 0
+    if emb is not None:
+        total += int(emb["query_mask"].sum() + emb["passage_mask"].sum())
+    if gen is not None:
+        total += int(gen["attention_mask"].sum())
+    return total
+
+
+def _is_finite_tree(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+class Trainer:
+    """One training run; `run()` trains from the start or the last checkpoint to config.train.steps."""
+
+    def __init__(self, c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True):
+        config_lib.validate(c, device_count=jax.device_count())
+        self.config, self.workdir, self.progress = c, Path(workdir).absolute(), progress
+        prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
+        self.inputs = prepare_inputs(c, self.workdir)
+        self.mesh = parallel.make_mesh(c.mesh.shape)
+        model = runs.build_model(c, self.inputs.base, mesh=self.mesh)
+        self.parts = step_lib.ModelParts.of(model)
+        self.optimizer = step_lib.make_optimizer(
+            learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio,
+            weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
+        self.state = self._init_state()
+        self.batcher = batching.Batcher(self.inputs.train, _batch_config(c, c.train.embedding_batch,
+                                                                         c.train.generative_batch, c.seed))
+        self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
+        self.sched_emb, self.sched_gen = _schedulers(c)
+        self.key = jax.random.key(c.seed)
+        self.checkpointer = checkpoint.Checkpointer(self.workdir, keep=c.train.keep_checkpoints)
+        self.start_step = 0
+        self._compile()
+        if resume and self.checkpointer.latest_step() is not None:
+            self._restore(self.checkpointer.latest_step())
+        else:
+            self._begin()
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ setup
+    def _init_state(self) -> dict[str, Any]:
+        params = self.parts.params
+        opt_state = jax.jit(self.optimizer.init)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(self.mesh))
+        return {"params": params, "opt_state": opt_state, "step": step}
+
+    def _compile(self) -> None:
+        c = self.config
+        state_sh = jax.tree.map(lambda x: x.sharding, self.state)
+        base_sh = jax.tree.map(lambda x: x.sharding, self.parts.base)
+        self.batch_sh = {"emb": None, "gen": None}
+        example_emb, example_gen = self.probe_emb, self.probe_gen
+        if c.train.embedding_batch:
+            self.batch_sh["emb"] = {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in example_emb.items()
+                                    if k != "task_index"}
+        if c.train.generative_batch:
+            self.batch_sh["gen"] = {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in example_gen.items()
+                                    if k != "task_index"}
+        rep = parallel.replicated(self.mesh)
+        opts = step_lib.StepOptions(temperature=c.train.temperature, gradcache_chunk=c.train.gradcache_chunk,
+                                    generative_micro_batch=c.train.generative_micro_batch)
+        self.train_step = jax.jit(step_lib.make_train_step(self.parts, self.optimizer, opts),
+                                  in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
+                                  out_shardings=(state_sh, rep), donate_argnums=0)
+        self.probe = jax.jit(step_lib.make_probe_fn(self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS),
+                                                    c.train.temperature))
+
+    def _begin(self) -> None:
+        checkpoint.write_json(self.workdir / runs.RUN_FILE, {
+            "base": str(self.inputs.base), "base_fingerprint": runs.base_fingerprint(self.inputs.base),
+            "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
+            "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
+        self.checkpointer.save_initial(self.state["params"])
+        emb_losses, gen_losses = self._probe_losses()
+        self.sched_emb.set_normaliser(emb_losses)
+        self.sched_gen.set_normaliser(gen_losses)
+        self.metrics = MetricsLog(self.workdir, resume_step=0)
+        self.initial_probe = {"emb": emb_losses.tolist(), "gen": gen_losses.tolist()}
+
+    def _restore(self, step: int) -> None:
+        params, opt_state, meta = self.checkpointer.restore(step, self.state["params"], self.state["opt_state"])
+        self.state = {"params": params, "opt_state": opt_state,
+                      "step": jax.device_put(jnp.asarray(step, jnp.int32), parallel.replicated(self.mesh))}
+        self.batcher.load_state_dict(meta["batcher"])
+        self.sched_emb.load_state_dict(meta["s2sched_emb"])
+        self.sched_gen.load_state_dict(meta["s2sched_gen"])
+        self.key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
+        self.initial_probe = meta["initial_probe"]
+        self.start_step = step
+        self.metrics = MetricsLog(self.workdir, resume_step=step)
+
+    def _probe_losses(self) -> tuple[np.ndarray, np.ndarray]:
+        emb = {k: v for k, v in self.probe_emb.items()}
+        emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, emb, self.probe_gen)
+        return np.asarray(emb_losses, np.float64), np.asarray(gen_losses, np.float64)
+
+    # ------------------------------------------------------------------ the loop
+    def _device_batch(self, batch: dict | None, kind: str) -> dict | None:
+        if batch is None or self.batch_sh[kind] is None:
+            return None
+        return {k: jax.make_array_from_process_local_data(self.batch_sh[kind][k], v)
+                for k, v in batch.items() if k in self.batch_sh[kind]}
+
+    def save(self, step: int) -> None:
+        """Write a checkpoint of the state after ``step`` updates (never one holding NaN or Inf)."""
+        if not _is_finite_tree(self.state["params"]):
+            raise NonFiniteError(f"refusing to checkpoint step {step}: the params hold NaN or Inf")
+        meta = {"step": step, "rng": np.asarray(jax.random.key_data(self.key)).tolist(),
+                "batcher": self.batcher.state_dict(), "s2sched_emb": self.sched_emb.state_dict(),
+                "s2sched_gen": self.sched_gen.state_dict(), "initial_probe": self.initial_probe}
+        self.checkpointer.save(step, self.state["params"], self.state["opt_state"], meta)
+
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self.stop_requested = True
+
+    def run(self, until: int | None = None) -> dict[str, Any]:
+        """Train to config.train.steps, or to step ``until``, or until SIGTERM; then checkpoint and return."""
+        c = self.config
+        end = c.train.steps if until is None else min(until, c.train.steps)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        bar = tqdm(total=c.train.steps, initial=self.start_step, disable=not self.progress, desc="train",
+                   dynamic_ncols=True)
+        nonfinite_run, skipped, tokens_total, started = 0, 0, 0, time.perf_counter()
+        step = self.start_step
+        last = {}
+        try:
+            while step < end and not self.stop_requested:
+                last, finite = self._one_step(step)
+                step += 1
+                tokens_total += last["tokens"]
+                nonfinite_run = 0 if finite else nonfinite_run + 1
+                skipped += 0 if finite else 1
+                if nonfinite_run >= c.train.max_nonfinite:
+                    raise NonFiniteError(
+                        f"{nonfinite_run} steps in a row had a non-finite loss or gradient (last at step {step}); "
+                        f"tasks in the last batch: {last['batch_tasks']}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if step % c.train.checkpoint_every == 0 or step == c.train.steps:
+                    self.save(step)
+            if step not in self.checkpointer.steps():
+                self.save(step)
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        elapsed = time.perf_counter() - started
+        summary = self._summary(step, last, skipped, tokens_total, elapsed)
+        checkpoint.write_json(self.workdir / SUMMARY_FILE, summary)
+        self.metrics.close()
+        self.checkpointer.close()
+        return summary
+
+    def _one_step(self, step: int) -> tuple[dict[str, Any], bool]:
+        c = self.config
+        emb_counts, gen_counts = self.sched_emb.counts(step), self.sched_gen.counts(step)
+        emb_np = self.batcher.embedding_batch(emb_counts) if c.train.embedding_batch else None
+        gen_np = self.batcher.generative_batch(gen_counts) if c.train.generative_batch else None
+        begin = time.perf_counter()
+        self.state, metrics = self.train_step(self.state, self.parts.base, self._device_batch(emb_np, "emb"),
+                                              self._device_batch(gen_np, "gen"), self.key)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - begin
+        tokens = _real_tokens(emb_np, gen_np)
+        record: dict[str, Any] = {
+            "step": step + 1, "loss": float(metrics["loss"]), "loss_emb": float(metrics["loss_emb"]),
+            "loss_gen": float(metrics["loss_gen"]), "grad_norm": float(metrics["grad_norm"]),
+            "finite": int(metrics["finite"]), "step_seconds": seconds, "tokens": tokens,
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "lr": step_lib.learning_rate_at(step, learning_rate=c.train.learning_rate, total_steps=c.train.steps,
+                                            warmup_ratio=c.train.warmup_ratio)}
+        if self.sched_emb.should_observe(step) or self.sched_gen.should_observe(step):
+            emb_losses, gen_losses = self._probe_losses()
+            if self.sched_emb.should_observe(step):
+                self.sched_emb.observe(step, emb_losses)
+            if self.sched_gen.should_observe(step):
+                self.sched_gen.observe(step, gen_losses)
+            for task, value in zip(EMBEDDING_TASKS + GENERATIVE_TASKS, [*emb_losses, *gen_losses]):
+                record[f"probe/{task.name}"] = float(value)
+        for task, n in zip(EMBEDDING_TASKS, emb_counts):
+            record[f"count/{task.name}"] = int(n)
+        for task, n in zip(GENERATIVE_TASKS, gen_counts):
+            record[f"count/{task.name}"] = int(n)
+        for task, r in zip(EMBEDDING_TASKS, self.sched_emb.ratios(step + 1)):
+            record[f"ratio/{task.name}"] = float(r)
+        for task, r in zip(GENERATIVE_TASKS, self.sched_gen.ratios(step + 1)):
+            record[f"ratio/{task.name}"] = float(r)
+        if c.train.log_every and (step + 1) % c.train.log_every == 0:
+            self.metrics.write(record)
+        names = sorted({TASKS[int(t)].name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
+        record["batch_tasks"] = names
+        return record, bool(metrics["finite"])
+
+    def _summary(self, step: int, last: dict, skipped: int, tokens: int, elapsed: float) -> dict[str, Any]:
+        final = dict(zip([t.name for t in EMBEDDING_TASKS + GENERATIVE_TASKS],
+                         [*np.concatenate(self._probe_losses())]))
+        initial = dict(zip([t.name for t in EMBEDDING_TASKS + GENERATIVE_TASKS],
+                           self.initial_probe["emb"] + self.initial_probe["gen"]))
+        return {
+            "steps": step, "completed": step >= self.config.train.steps, "stopped_by_signal": self.stop_requested,
+            "final_loss": last.get("loss"), "final_loss_emb": last.get("loss_emb"),
+            "final_loss_gen": last.get("loss_gen"), "skipped_nonfinite_steps": skipped,
+            "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "probe_loss_initial": initial, "probe_loss_final": {k: float(v) for k, v in final.items()},
+            "data_load_report": (self.inputs.train.report.to_dict() if self.inputs.train.report else None),
+            "checkpoints": self.checkpointer.steps(),
+        }
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Train a run (building the demo base and data first if the config asks for them); returns the summary."""
+    return Trainer(c, workdir, resume=resume, overwrite=overwrite, progress=progress).run()
