@@ -1,0 +1,29 @@
+"""The embedded demo: RecFound on the synthetic dataset, from a tiny base pretrained by recfound_jax.pretrain.
+
+Nothing is downloaded: the base (configs/demo_base.py) and the dataset are built once under
+$RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused. Runs on a laptop CPU in minutes.
+"""
+from recfound_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "demo"
+    c.model.base = "demo"
+    c.data.dir = "synthetic"
+    c.data.query_len = 64
+    c.data.passage_len = 24
+    c.data.generative_len = 160
+    c.tmole.rank = 8
+    c.tmole.alpha = 16.0
+    c.tmole.task_embedding_dim = 64
+    c.train.steps = 150
+    c.train.embedding_batch = 24
+    c.train.generative_batch = 20
+    c.train.learning_rate = 2e-3
+    c.train.warmup_ratio = 0.05
+    c.train.checkpoint_every = 50
+    c.s2sched.probe_size = 4
+    c.s2sched.window = 16
+    c.s2sched.warmup_ratio = 0.1
+    return c

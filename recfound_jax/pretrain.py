@@ -1,0 +1,349 @@
+"""Pretrain the demo's tiny base Mistral from scratch: full-parameter causal-LM training on the synthetic world.
+
+The corpus (synthetic.pretraining_corpus, optionally plus train-split generative rows as "prompt\\nanswer")
+is tokenized with the real Mistral v3 tokenizer, each document wrapped in BOS/EOS, shuffled and packed
+into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained with AdamW (warmup,
+then cosine or linear decay) in one jitted functional step. The result is a HF Mistral directory
+(`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
+renamed into place, so a directory holding the completion marker is always whole.
+
+``python -m recfound_jax.pretrain --config configs/demo_base.py [--config.key=value ...]``
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from recfound_jax import config as config_lib
+from recfound_jax.data import synthetic
+from recfound_jax.data.tasks import GENERATIVE_TASKS
+from recfound_jax.model.hf import save_hf
+from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
+from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
+
+PRETRAIN_VERSION = "1"  # part of the cache key: bump when the recipe's code changes what it builds
+MARKER = "COMPLETE"
+LOG_FILE = "pretrain_log.json"
+DECAYS = ("cosine", "linear")
+
+StepFn = Callable[[nnx.State, optax.OptState, jax.Array], tuple[nnx.State, optax.OptState, jax.Array]]
+
+
+# ----------------------------------------------------------------------------------- config
+def model_config(config: ConfigDict) -> MistralConfig:
+    """The MistralConfig of ``config.model``."""
+    m = config.model
+    return MistralConfig(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+        rms_norm_eps=m.rms_norm_eps, rope_theta=float(m.rope_theta),
+        max_position_embeddings=m.max_position_embeddings)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{key}: {message}")
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Check every key the pretraining reads; the error names the offending key."""
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "max_position_embeddings"):
+        _require(int(config.model[key]) > 0, f"model.{key}", f"must be positive, got {config.model[key]}")
+    vocab = Tokenizer().vocab_size
+    _require(config.model.vocab_size == vocab, "model.vocab_size",
+             f"must equal the Mistral v3 tokenizer's vocabulary ({vocab}), got {config.model.vocab_size}")
+    _require(config.model.num_heads % config.model.num_kv_heads == 0, "model.num_kv_heads",
+             f"must divide model.num_heads={config.model.num_heads}")
+    _require(config.model.head_dim % 2 == 0, "model.head_dim", "must be even (rotate-half RoPE)")
+    _require(config.model.rope_theta > 0, "model.rope_theta", "must be positive")
+    _require(config.data.scale >= 1, "data.scale", f"must be >= 1, got {config.data.scale}")
+    for key in ("generative_rows_per_task", "eval_rows_per_task"):
+        _require(config.data[key] >= -1, f"data.{key}", "must be -1 (all), 0 (none) or a positive count")
+    t = config.train
+    for key in ("seq_len", "batch_size", "steps", "log_every"):
+        _require(int(t[key]) > 0, f"train.{key}", f"must be positive, got {t[key]}")
+    _require(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
+             f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
+    _require(t.learning_rate > 0, "train.learning_rate", "must be positive")
+    _require(0 <= t.warmup_steps < t.steps, "train.warmup_steps", f"must be in [0, train.steps={t.steps})")
+    _require(t.decay in DECAYS, "train.decay", f"must be one of {DECAYS}, got {t.decay!r}")
+    _require(0.0 <= t.end_lr_fraction <= 1.0, "train.end_lr_fraction", "must be in [0, 1]")
+    _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _require(t.grad_clip > 0, "train.grad_clip", "must be positive")
+
+
+def config_hash(config: ConfigDict) -> str:
+    """A short hash of everything that decides the trained weights (model, data, train) and the recipe version."""
+    keyed = {"version": PRETRAIN_VERSION, "model": config.model.to_dict(), "data": config.data.to_dict(),
+             "train": config.train.to_dict()}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------- data
+def generative_documents(data_dir: str | os.PathLike, split: str, per_task: int) -> list[str]:
+    """The first ``per_task`` generative rows of each task in ``split`` (-1: all) as "prompt\\nanswer" texts."""
+    docs = []
+    for task in GENERATIVE_TASKS:
+        with open(Path(data_dir) / split / f"{task.name}.jsonl", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        chosen = rows if per_task < 0 else rows[:per_task]
+        docs.extend(f"{row['text'][0]}\n{row['text'][1]}" for row in chosen)
+    return docs
+
+
+def load_documents(config: ConfigDict, data_dir: str | os.PathLike) -> list[str]:
+    """The pretraining documents: the world corpus, then data.generative_rows_per_task train rows per task."""
+    docs = synthetic.pretraining_corpus(data_dir)
+    if config.data.generative_rows_per_task != 0:
+        docs += generative_documents(data_dir, "train", config.data.generative_rows_per_task)
+    return docs
+
+
+def pack_windows(token_docs: Sequence[np.ndarray], seq_len: int, rng: np.random.Generator) -> np.ndarray:
+    """Documents in a random order, concatenated and cut into windows [n, seq_len + 1].
+
+    Window i starts where window i - 1's last target ends, so every token but the first is a target once;
+    the tail shorter than a window is dropped.
+    """
+    stream = np.concatenate([token_docs[i] for i in rng.permutation(len(token_docs))])
+    count = (len(stream) - 1) // seq_len
+    if count == 0:
+        raise ValueError(f"the corpus holds {len(stream)} tokens, fewer than one window of {seq_len + 1}")
+    starts = np.arange(count) * seq_len
+    return stream[starts[:, None] + np.arange(seq_len + 1)]
+
+
+def batch_stream(token_docs: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless batches [batch_size, seq_len + 1] (int32); each epoch re-shuffles and re-packs the documents."""
+    rng = np.random.default_rng(seed)
+    while True:
+        windows = pack_windows(token_docs, seq_len, rng)
+        if len(windows) < batch_size:
+            raise ValueError(f"the corpus packs into {len(windows)} windows, fewer than train.batch_size={batch_size}")
+        order = rng.permutation(len(windows))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield windows[order[start:start + batch_size]].astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------- optimisation
+def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
+    """Linear warmup to train.learning_rate, then cosine or linear decay to end_lr_fraction of it."""
+    t = config.train
+    peak, end = t.learning_rate, t.learning_rate * t.end_lr_fraction
+    decay_steps = t.steps - t.warmup_steps
+    if t.decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=t.end_lr_fraction)
+    else:
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    warmup = optax.linear_schedule(0.0 if t.warmup_steps else peak, peak, max(t.warmup_steps, 1))
+    return optax.join_schedules([warmup, decay], [t.warmup_steps])
+
+
+def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW; weight decay on matrices only (norm scales are not decayed)."""
+    def matrices(params):
+        return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+    return optax.chain(
+        optax.clip_by_global_norm(config.train.grad_clip),
+        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95,
+                    weight_decay=config.train.weight_decay, mask=matrices))
+
+
+def lm_loss(model: Mistral, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy (float32) of packed windows tokens [B, T + 1]."""
+    logits = model(tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation) -> StepFn:
+    """A jitted step (params, opt_state, tokens) -> (params, opt_state, loss before the update).
+
+    ``params`` is the `BaseParam` state of ``nnx.split(model, BaseParam, ...)``; params and optimizer
+    state are donated.
+    """
+    def loss_fn(params, tokens):
+        return lm_loss(nnx.merge(graphdef, params, rest), tokens)
+
+    def step(params, opt_state, tokens):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[[nnx.State, jax.Array], jax.Array]:
+    """A jitted (params, tokens) -> mean next-token loss, for held-out windows."""
+    return jax.jit(lambda params, tokens: lm_loss(nnx.merge(graphdef, params, rest), tokens))
+
+
+def held_out_loss(eval_fn: Callable, params: nnx.State, windows: np.ndarray, batch_size: int) -> float:
+    """Mean loss over the full batches of ``windows`` [n, T + 1] (the remainder is left out: one shape, one compile)."""
+    losses = [eval_fn(params, jnp.asarray(windows[i:i + batch_size]))
+              for i in range(0, len(windows) - batch_size + 1, batch_size)]
+    return float(jnp.mean(jnp.stack(losses)))
+
+
+def train(model: Mistral, config: ConfigDict, batches: Iterator[np.ndarray], *,
+          held_out: np.ndarray | None = None, progress: bool = True) -> dict:
+    """Train every BaseParam of ``model`` in place for train.steps.
+
+    Returns {"log": mean training loss per logged span, "valid_loss_before"/"valid_loss_after": the mean
+    loss on ``held_out`` windows before and after training (None without them)}.
+    """
+    graphdef, params, rest = nnx.split(model, BaseParam, ...)
+    tx = make_optimizer(config)
+    opt_state = tx.init(params)
+    step_fn = make_train_step(graphdef, rest, tx)
+    eval_fn = make_eval_fn(graphdef, rest)
+    schedule = learning_rate_schedule(config)
+    t = config.train
+    use_held_out = held_out is not None and len(held_out) >= t.batch_size
+    before = held_out_loss(eval_fn, params, held_out, t.batch_size) if use_held_out else None
+    log, pending, start = [], [], time.perf_counter()
+    bar = tqdm(range(1, t.steps + 1), desc="pretrain", disable=not progress)
+    for step in bar:
+        params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(next(batches)))
+        pending.append(loss)
+        if step == 1 or step % t.log_every == 0 or step == t.steps:
+            mean = float(jnp.mean(jnp.stack(pending)))
+            if not np.isfinite(mean):
+                raise FloatingPointError(f"pretraining loss is {mean} at step {step}")
+            log.append({"step": step, "loss": mean, "learning_rate": float(schedule(step - 1)),
+                        "elapsed_s": round(time.perf_counter() - start, 3)})
+            bar.set_postfix(loss=f"{mean:.3f}")
+            pending = []
+    after = held_out_loss(eval_fn, params, held_out, t.batch_size) if use_held_out else None
+    nnx.update(model, params)
+    return {"log": log, "valid_loss_before": before, "valid_loss_after": after}
+
+
+# ----------------------------------------------------------------------------------- entry points
+def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool) -> None:
+    begin = time.perf_counter()
+    tokenizer = Tokenizer()
+    t = config.train
+
+    def tokenize(docs):
+        return [np.asarray(ids, np.int32) for ids in tokenizer.encode_batch(docs, add_bos=True, add_eos=True)]
+
+    token_docs = tokenize(load_documents(config, data_dir))
+    held_out = None
+    if config.data.eval_rows_per_task:
+        valid_docs = tokenize(generative_documents(data_dir, "valid", config.data.eval_rows_per_task))
+        held_out = pack_windows(valid_docs, t.seq_len, np.random.default_rng(0))
+    batches = batch_stream(token_docs, t.seq_len, t.batch_size, t.seed)
+    model = Mistral(model_config(config), param_dtype=jnp.float32, dtype=jnp.float32, rngs=nnx.Rngs(t.seed))
+    train_begin = time.perf_counter()
+    result = train(model, config, batches, held_out=held_out, progress=progress)
+    train_seconds = time.perf_counter() - train_begin
+    save_hf(model, target)
+    shutil.copyfile(default_tokenizer_path(), target / "tokenizer.model")
+    log = result["log"]
+    summary = {
+        "config": config.to_dict(), "config_hash": config_hash(config), "data_dir": str(data_dir),
+        "documents": len(token_docs), "corpus_tokens": int(sum(len(d) for d in token_docs)),
+        "tokens_per_step": t.seq_len * t.batch_size, "num_params": model.config.num_params(),
+        "initial_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
+        "valid_loss_before": result["valid_loss_before"], "valid_loss_after": result["valid_loss_after"],
+        "train_seconds": round(train_seconds, 2), "total_seconds": round(time.perf_counter() - begin, 2),
+        "log": log,
+    }
+    (target / LOG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (target / MARKER).write_text(config_hash(config) + "\n", encoding="utf-8")
+
+
+def pretrain(config: ConfigDict, out_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+             progress: bool = True) -> Path:
+    """Pretrain the base described by ``config`` and write it to ``out_dir``; returns ``out_dir``.
+
+    ``out_dir`` gets config.json + safetensors (HF Mistral), tokenizer.model, pretrain_log.json and the
+    completion marker, all at once by renaming a temporary sibling folder; it must not exist yet (or be
+    empty). ``data_dir`` is a generated synthetic dataset; by default the one in the cache
+    (`recfound_jax.config.synthetic_dir`), generated if missing.
+    """
+    validate_config(config)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: not overwriting it")
+    if data_dir is None:
+        data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed)
+        synthetic.ensure_dataset(data_dir, scale=config.data.scale, seed=config.data.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the base is an ordinary shared folder
+    try:
+        _write_base(config, tmp, Path(data_dir), progress)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / MARKER).is_file():
+            raise
+        # another process finished the same base first: keep its copy
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def base_dir(config: ConfigDict, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``config``'s base lives in a cache directory: ``demo_base/<config hash>``."""
+    return Path(cache_dir or config_lib.cache_dir()) / "demo_base" / config_hash(config)
+
+
+def ensure_base(config: ConfigDict, cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """The cached base of ``config``: the synthetic dataset and the base are built only if missing.
+
+    ``cache_dir`` defaults to `recfound_jax.config.cache_dir`. The base folder is keyed by `config_hash`, so a
+    changed config builds a new base rather than reusing an old one; its marker says it is complete.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else config_lib.cache_dir()
+    data = config_lib.synthetic_dir(config.data.scale, config.data.seed, cache)
+    synthetic.ensure_dataset(data, scale=config.data.scale, seed=config.data.seed)
+    out = base_dir(config, cache)
+    if (out / MARKER).is_file():
+        return out
+    return pretrain(config, out, data_dir=data, progress=progress)
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: pretrain ``--config`` into config.output_dir, or into the cache when it is empty."""
+    from absl import flags
+
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = flags.FLAGS.config
+    if config is None:
+        raise ValueError("--config is required, e.g. --config configs/demo_base.py")
+    out = (pretrain(config, config.output_dir) if config.output_dir else ensure_base(config))
+    summary = json.loads((out / LOG_FILE).read_text(encoding="utf-8"))
+    print(f"base model: {out}")
+    print(f"training loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f} "
+          f"in {summary['train_seconds']:.0f} s of training ({summary['total_seconds']:.0f} s in all)")
+    if summary["valid_loss_after"] is not None:
+        print(f"held-out (valid) loss {summary['valid_loss_before']:.3f} -> {summary['valid_loss_after']:.3f}")
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "a config file with get_config(), e.g. configs/demo_base.py")
+    app.run(main)

@@ -1,0 +1,153 @@
+"""Pretraining of the demo base: packing, loss going down, the written HF directory, the cache."""
+from __future__ import annotations
+
+import filecmp
+import itertools
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from recfound_jax import config as config_lib, load_hf, pretrain as pt
+from recfound_jax.data import synthetic
+from recfound_jax.model.mistral import BaseParam, Mistral
+from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
+
+from recfound_jax.runs import DEMO_BASE_CONFIG
+
+
+def load_config_file():
+    return config_lib.load_config_file(DEMO_BASE_CONFIG)
+
+
+def tiny_config():
+    config = load_config_file()
+    config.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                        head_dim=8, max_position_embeddings=64)
+    config.data.update(generative_rows_per_task=2, eval_rows_per_task=1)
+    config.train.update(seq_len=32, batch_size=4, steps=5, warmup_steps=1, log_every=1)
+    return config
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """ensure_base of the tiny config with RECFOUND_CACHE pointing at a fresh folder: (cache, base path)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECFOUND_CACHE", str(cache))
+        path = pt.ensure_base(tiny_config(), progress=False)
+    return cache, path
+
+
+def test_default_config_is_valid_and_fits_the_tokenizer():
+    config = load_config_file()
+    pt.validate_config(config)
+    assert config.model.vocab_size == Tokenizer().vocab_size
+    assert config.train.seq_len <= config.model.max_position_embeddings
+
+
+@pytest.mark.parametrize("key, value", [("train.seq_len", 1000), ("model.vocab_size", 32000),
+                                        ("model.num_kv_heads", 3), ("train.decay", "step")])
+def test_validate_config_names_the_bad_key(key, value):
+    config = load_config_file()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        pt.validate_config(config)
+
+
+def test_pack_windows_cut_one_shuffled_stream():
+    docs = [np.arange(start, start + n, dtype=np.int32) for start, n in ((0, 7), (100, 12), (200, 5))]
+    windows = pt.pack_windows(docs, seq_len=4, rng=np.random.default_rng(3))
+    total = sum(len(d) for d in docs)
+    assert windows.shape == ((total - 1) // 4, 5)
+    np.testing.assert_array_equal(windows[1:, 0], windows[:-1, -1])  # each window starts on the last target
+    stream = np.concatenate([windows[0]] + [w[1:] for w in windows[1:]])
+    orders = [np.concatenate([docs[i] for i in order]) for order in itertools.permutations(range(len(docs)))]
+    assert any(np.array_equal(stream, full[:len(stream)]) for full in orders)
+
+
+def test_schedule_warms_up_then_decays_to_the_end_fraction():
+    config = load_config_file()
+    t = config.train
+    schedule = pt.learning_rate_schedule(config)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(t.warmup_steps)) == pytest.approx(t.learning_rate, rel=1e-5)
+    assert float(schedule(t.steps)) == pytest.approx(t.learning_rate * t.end_lr_fraction, rel=1e-4)
+
+
+def test_loss_starts_at_uniform_and_falls_on_a_fixed_batch(built):
+    config = tiny_config()
+    config.train.learning_rate = 1e-2
+    data = config_lib.synthetic_dir(config.data.scale, config.data.seed, built[0])
+    assert (data / synthetic.MARKER).is_file()
+    docs = [np.asarray(ids, np.int32) for ids in
+            Tokenizer().encode_batch(pt.load_documents(config, data), add_bos=True, add_eos=True)]
+    batch = jnp.asarray(next(pt.batch_stream(docs, 32, 4, seed=0)))
+    model = Mistral(pt.model_config(config), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, BaseParam, ...)
+    tx = pt.make_optimizer(config)
+    opt_state = tx.init(params)
+    step = pt.make_train_step(graphdef, rest, tx)
+    losses = []
+    for _ in range(6):
+        params, opt_state, loss = step(params, opt_state, batch)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses))
+    # small random init: next-token distribution is close to uniform over the vocabulary
+    assert losses[0] == pytest.approx(math.log(config.model.vocab_size), abs=0.05)
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
+    _, path = built
+    assert (path / pt.MARKER).is_file()
+    assert filecmp.cmp(path / "tokenizer.model", default_tokenizer_path(), shallow=False)
+    summary = json.loads((path / pt.LOG_FILE).read_text())
+    losses = [entry["loss"] for entry in summary["log"]]
+    assert len(losses) == 5 and np.all(np.isfinite(losses))
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert np.isfinite(summary["valid_loss_after"]) and summary["valid_loss_after"] < summary["valid_loss_before"]
+
+    ids = np.array([Tokenizer().encode("Acme red steel kettle. Category: Kitchen.", add_bos=True)])
+    ours = np.asarray(load_hf(path)(jnp.asarray(ids)))
+    reference = transformers.MistralForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor(ids)).logits.float().numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
+    cache, path = built
+    assert path == pt.base_dir(tiny_config(), cache)
+    marker_mtime = (path / pt.MARKER).stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("ensure_base retrained a complete base")
+
+    monkeypatch.setattr(pt, "pretrain", no_training)
+    monkeypatch.setenv("RECFOUND_CACHE", str(cache))
+    assert pt.ensure_base(tiny_config(), progress=False) == path
+    assert (path / pt.MARKER).stat().st_mtime_ns == marker_mtime
+    changed = tiny_config()
+    changed.train.steps = 6
+    assert pt.base_dir(changed, cache) != path
+
+
+def test_a_crash_leaves_no_half_written_base(tmp_path, monkeypatch):
+    def crash(config, target, data_dir, progress):
+        (target / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(pt, "_write_base", crash)
+    out = tmp_path / "base"
+    with pytest.raises(RuntimeError, match="killed"):
+        pt.pretrain(tiny_config(), out, data_dir=tmp_path, progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
