@@ -157,3 +157,14 @@ def test_probe_losses_per_task():
     logits = model(gen["input_ids"][2:], gen["attention_mask"][2:], task_ids=gen["task_ids"][2:])
     total, count = losses.token_cross_entropy(logits, gen["labels"][2:])
     np.testing.assert_allclose(gen_losses[1], total / count, rtol=1e-5)
+
+
+def test_answer_budget_cross_entropy_equals_all_positions():
+    model = _model()
+    batch = _gen_batch()
+    full = step_lib.answer_cross_entropy(model, batch, budget=0)
+    longest = int((np.asarray(batch["labels"])[:, 1:] != -100).sum(1).max())
+    budgeted = step_lib.answer_cross_entropy(model, batch, budget=longest)
+    chex.assert_trees_all_close(budgeted, full, rtol=1e-6)
+    clipped = step_lib.answer_cross_entropy(model, batch, budget=longest - 1)
+    assert float(clipped[1].sum()) < float(full[1].sum())  # a budget below the longest answer drops labels

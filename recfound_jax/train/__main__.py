@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file under configs/ (get_config()).",
@@ -18,6 +18,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 def main(argv: list[str]) -> int:
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     from recfound_jax.offline import go_offline  # noqa: PLC0415
 
     go_offline()

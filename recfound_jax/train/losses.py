@@ -34,23 +34,37 @@ def info_nce(queries: jax.Array, passages: jax.Array, temperature: float,
     return -jnp.mean(jnp.take_along_axis(log_probs, positives[:, None], axis=-1))
 
 
+def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-sample (sum of next-token losses [B], labelled-token count [B]); labels aligned with inputs."""
+    targets = labels[:, 1:]
+    return target_cross_entropy(logits[:, :-1], targets, targets != IGNORE)
+
+
 def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of next-token losses, number of labelled tokens); labels aligned with inputs, IGNORE = no loss."""
-    targets = labels[:, 1:]
-    logits = logits[:, :-1].astype(jnp.float32)
-    valid = targets != IGNORE
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    losses = jnp.where(valid, log_z - picked, 0.0)
-    return losses.sum(), valid.sum().astype(jnp.float32)
+    sums, counts = per_sample_cross_entropy(logits, labels)
+    return sums.sum(), counts.sum()
 
 
-def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-sample (sum of token losses [B], labelled-token count [B])."""
-    targets = labels[:, 1:]
-    logits = logits[:, :-1].astype(jnp.float32)
-    valid = targets != IGNORE
+def target_cross_entropy(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-sample (sum of losses, count) of logits [B, K, V] against targets [B, K] where valid."""
+    logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     losses = jnp.where(valid, log_z - picked, 0.0)
     return losses.sum(-1), valid.sum(-1).astype(jnp.float32)
+
+
+def answer_positions(labels: jax.Array, budget: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The first ``budget`` labelled next-token positions of each row: (positions, targets, valid), each [B, K].
+
+    Only these positions need LM-head logits: answers are short next to prompts, and the full-vocabulary
+    projection of every position dominates a step. With ``budget`` at least the longest answer of the
+    data (the trainer computes it), no label is ever dropped.
+    """
+    targets = labels[:, 1:]
+    valid = targets != IGNORE
+    budget = min(budget, targets.shape[1])
+    positions = jnp.argsort(~valid, axis=1, stable=True)[:, :budget]
+    return (positions, jnp.take_along_axis(targets, positions, axis=1),
+            jnp.take_along_axis(valid, positions, axis=1))

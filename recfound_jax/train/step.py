@@ -27,6 +27,7 @@ class StepOptions:
     temperature: float = 0.02
     gradcache_chunk: int = 0  # queries per GradCache chunk; 0 = one ordinary backward over the batch
     generative_micro_batch: int = 0  # samples per accumulated micro-batch; 0 = the whole batch
+    answer_budget: int = 0  # LM-head positions per row (>= the longest answer); 0 = every position
 
 
 @dataclasses.dataclass
@@ -150,9 +151,8 @@ def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key
     keys = jax.random.split(key, n)
 
     def summed(p, c, k):
-        model = parts.merge(p, base)
-        logits = model(c["input_ids"], c["attention_mask"], task_ids=c["task_ids"], causal=True, dropout_key=k)
-        return losses.token_cross_entropy(logits, c["labels"])
+        sums, counts = answer_cross_entropy(parts.merge(p, base), c, opts.answer_budget, k)
+        return sums.sum(), counts.sum()
 
     def accumulate(acc, x):
         c, k = x
@@ -165,11 +165,22 @@ def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key
     return total / count, jax.tree.map(lambda g: g / count, grads)
 
 
+def answer_cross_entropy(model, batch: Batch, budget: int, dropout_key=None) -> tuple[jax.Array, jax.Array]:
+    """Per-sample (sum of answer-token losses, count), with LM-head logits only at answer positions."""
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], task_ids=batch["task_ids"],
+                                 causal=True, dropout_key=dropout_key)
+    if budget <= 0:
+        return losses.per_sample_cross_entropy(model.logits(hidden), batch["labels"])
+    positions, targets, valid = losses.answer_positions(batch["labels"], budget)
+    selected = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+    return losses.target_cross_entropy(model.logits(selected), targets, valid)
+
+
 def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions) -> Callable:
     """step(state, base, emb_batch, gen_batch, key) -> (state, metrics). Jit it (donating state).
 
-    A step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
-    and reports ``finite = 0``.
+    A step whose loss, gradient norm or updated params are not finite leaves params and optimizer
+    state unchanged and reports ``finite = 0``, so no state (and no checkpoint) ever holds NaN or Inf.
     """
     def step(state, base, emb_batch: Batch | None, gen_batch: Batch | None, key):
         params = state["params"]
@@ -182,10 +193,10 @@ def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, 
             generative_loss_and_grads(parts, params, base, gen_batch, k_gen, opts)
         grads = jax.tree.map(jnp.add, grads_emb, grads_gen)
         loss = loss_emb + loss_gen
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(new_params))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = {"params": jax.tree.map(keep, new_params, params),
                      "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
@@ -198,7 +209,7 @@ def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, 
 
 
 def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_tasks: int,
-                  temperature: float) -> Callable:
+                  temperature: float, answer_budget: int = 0) -> Callable:
     """probe(params, base, emb_batch, gen_batch) -> (per-task InfoNCE [n_emb], per-task token CE [n_gen]).
 
     Eval mode (no dropout). Embedding probe losses are InfoNCE among the probe samples of the same task;
@@ -225,9 +236,7 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
             emb_losses = per_task_mean(nll, jnp.ones_like(nll), index, num_embedding_tasks)
         gen_losses = jnp.zeros((num_generative_tasks,))
         if gen_batch is not None:
-            model = parts.merge(params, base)
-            logits = model(gen_batch["input_ids"], gen_batch["attention_mask"], task_ids=gen_batch["task_ids"])
-            sums, counts = losses.per_sample_cross_entropy(logits, gen_batch["labels"])
+            sums, counts = answer_cross_entropy(parts.merge(params, base), gen_batch, answer_budget)
             gen_losses = per_task_mean(sums, counts, gen_batch["task_index"], num_generative_tasks)
         return emb_losses, gen_losses
 

@@ -60,6 +60,17 @@ def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     return Inputs(base, data, tokenizer, train, valid)
 
 
+def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
+    """The most answer tokens any generative row of the splits has, rounded up: the LM-head positions a row needs."""
+    longest = 0
+    for split in splits:
+        table = split.generative
+        if len(table):
+            per_row = np.add.reduceat(table.loss_mask.astype(np.int64), table.seqs.offsets[:-1])
+            longest = max(longest, int(per_row.max()))
+    return max(multiple, -(-longest // multiple) * multiple)
+
+
 def _batch_config(c: ml_collections.ConfigDict, emb: int, gen: int, seed: int) -> batching.BatchConfig:
     return batching.BatchConfig(embedding_batch_size=emb, generative_batch_size=gen, query_len=c.data.query_len,
                                 passage_len=c.data.passage_len, generative_len=c.data.generative_len, seed=seed,
@@ -203,8 +214,12 @@ class Trainer:
     def _init_state(self) -> dict[str, Any]:
         params = self.parts.params
         opt_state = jax.jit(self.optimizer.init)(params)
-        step = jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(self.mesh))
-        return {"params": params, "opt_state": opt_state, "step": step}
+        step = jnp.zeros((), jnp.int32)
+        state = {"params": params, "opt_state": opt_state, "step": step}
+        # Commit every leaf to its sharding, so the first and later steps hit the same compiled step.
+        return jax.device_put(state, jax.tree.map(
+            lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
+            else parallel.replicated(self.mesh), state))
 
     def _compile(self) -> None:
         c = self.config
@@ -219,13 +234,14 @@ class Trainer:
             self.batch_sh["gen"] = {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in example_gen.items()
                                     if k != "task_index"}
         rep = parallel.replicated(self.mesh)
+        budget = min(answer_budget(self.inputs.train, self.inputs.valid), c.data.generative_len - 1)
         opts = step_lib.StepOptions(temperature=c.train.temperature, gradcache_chunk=c.train.gradcache_chunk,
-                                    generative_micro_batch=c.train.generative_micro_batch)
+                                    generative_micro_batch=c.train.generative_micro_batch, answer_budget=budget)
         self.train_step = jax.jit(step_lib.make_train_step(self.parts, self.optimizer, opts),
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
                                   out_shardings=(state_sh, rep), donate_argnums=0)
         self.probe = jax.jit(step_lib.make_probe_fn(self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS),
-                                                    c.train.temperature))
+                                                    c.train.temperature, budget))
 
     def _begin(self) -> None:
         checkpoint.write_json(self.workdir / runs.RUN_FILE, {
