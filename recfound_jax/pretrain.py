@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from recfound_jax import config as config_lib
+from recfound_jax.atomic_dir import build_dir_atomically
 from recfound_jax.data import synthetic
 from recfound_jax.data.tasks import GENERATIVE_TASKS
 from recfound_jax.model.hf import save_hf
@@ -285,22 +285,7 @@ def pretrain(config: ConfigDict, out_dir: str | os.PathLike, *, data_dir: str | 
     if data_dir is None:
         data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed)
         synthetic.ensure_dataset(data_dir, scale=config.data.scale, seed=config.data.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the base is an ordinary shared folder
-    try:
-        _write_base(config, tmp, Path(data_dir), progress)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / MARKER).is_file():
-            raise
-        # another process finished the same base first: keep its copy
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return build_dir_atomically(out, lambda tmp: _write_base(config, tmp, Path(data_dir), progress), marker=MARKER)
 
 
 def base_dir(config: ConfigDict, cache_dir: str | os.PathLike | None = None) -> Path:

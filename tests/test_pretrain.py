@@ -5,7 +5,6 @@ import filecmp
 import itertools
 import json
 import math
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from recfound_jax.data import synthetic_world as sw
+from recfound_jax.atomic_dir import build_dir_atomically
 from recfound_jax.data.tasks import TASKS, BY_SHORT
 from recfound_jax.evaluate.metrics import score_task, token_prf
 
@@ -647,22 +646,7 @@ def ensure_dataset(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0)
     out = Path(out_dir)
     if (out / MARKER).is_file():
         return _check_existing(out, scale, seed)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists without {MARKER} and is not empty: not overwriting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        generate(tmp, scale=scale, seed=seed)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / MARKER).is_file():
-            raise
-        # another process finished first: keep its copy
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    build_dir_atomically(out, lambda tmp: generate(tmp, scale=scale, seed=seed), marker=MARKER)
     return _check_existing(out, scale, seed)
 
 
