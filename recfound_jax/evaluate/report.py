@@ -1,0 +1,166 @@
+"""Markdown tables of evaluation results, laid out like the paper's Tables 2 and 3.
+
+A "scores" source is any of:
+- a metrics.json written by ``python -m recfound_jax.evaluate`` (``{"tasks": {name: {"score": x}}}``);
+- a synthetic dataset's chance.json (``{name: {"chance": x, ...}}``);
+- a flat ``{task name or short name: number}`` (e.g. numbers copied from a paper).
+`scores_of` turns each into ``{task name: float or None}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from recfound_jax.data.tasks import TASKS, get_task
+
+# Column orders of the paper's Table 2 (generative) and Table 3 (embedding).
+GENERATIVE_COLUMNS = ("QR", "AVE", "AG", "SR", "SA", "UP", "AP", "PRP", "PM", "IP")
+EMBEDDING_COLUMNS = ("I2I", "Q2I", "U2I")
+CHANCE_FILE = "chance.json"
+MISSING = "–"
+
+Row = tuple[str, Mapping[str, Any]]
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file as a dict."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_chance(data_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """DATA_DIR/chance.json (written with the synthetic dataset), or None when there is none."""
+    path = Path(data_dir) / CHANCE_FILE
+    return load_json(path) if path.is_file() else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, Mapping):
+        value = value.get("score", value.get("chance"))
+    return None if value is None else float(value)
+
+
+def scores_of(source: Mapping[str, Any]) -> dict[str, float | None]:
+    """{task name: headline score or None} from a metrics.json, a chance.json or a flat mapping."""
+    entries = source["tasks"] if isinstance(source.get("tasks"), Mapping) else source
+    scores: dict[str, float | None] = {t.name: None for t in TASKS}
+    for key, value in entries.items():
+        try:
+            task = get_task(key)
+        except KeyError:
+            continue  # other top-level fields of a metrics.json
+        scores[task.name] = _number(value)
+    return scores
+
+
+def _format(value: float | None, digits: int) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], *, left: int = 1) -> str:
+    """A GitHub markdown table: the first ``left`` columns left-aligned (text), the others
+    right-aligned (numbers)."""
+    align = [":---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def scores_table(rows: Sequence[Row], columns: Sequence[str], *, digits: int = 3) -> str:
+    """One markdown row per (name, scores source), one column per task short name."""
+    body = []
+    for name, source in rows:
+        scores = scores_of(source)
+        body.append([name] + [_format(scores[get_task(short).name], digits) for short in columns])
+    return markdown_table(["Model", *columns], body)
+
+
+def generative_table(rows: Sequence[Row], *, digits: int = 3) -> str:
+    """Table 2's layout: QR AVE AG SR SA UP AP PRP PM IP."""
+    return scores_table(rows, GENERATIVE_COLUMNS, digits=digits)
+
+
+def embedding_table(rows: Sequence[Row], *, digits: int = 3) -> str:
+    """Table 3's layout: I2I (NDCG@20), Q2I (MRR@20), U2I (MRR@20)."""
+    return scores_table(rows, EMBEDDING_COLUMNS, digits=digits)
+
+
+def task_detail_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
+    """Per task: metric, score, rows scored, invalid outputs (generative) or skipped queries
+    (embedding), and seconds."""
+    body = []
+    for task in TASKS:
+        r = metrics["tasks"].get(task.name)
+        if r is None:
+            continue
+        other = r.get("invalid", r.get("skipped"))
+        body.append([task.short, task.name, task.metric, _format(_number(r.get("score")), digits),
+                     str(r.get("n", 0)), MISSING if other is None else str(other),
+                     _format(r.get("seconds"), 1)])
+    return markdown_table(["Task", "Name", "Metric", "Score", "n", "Invalid / skipped", "Seconds"], body, left=3)
+
+
+def catalog_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
+    """Full-catalog Recall@k and NDCG@k of the embedding tasks that have them."""
+    found = [(t, metrics["tasks"][t.name]) for t in TASKS
+             if t.is_embedding and "catalog" in metrics["tasks"].get(t.name, {})]
+    if not found:
+        return ""
+    keys = [k for k in found[0][1]["catalog"] if "@" in k]
+    body = [[t.short, str(r["catalog_size"]), str(r["catalog"]["n"])]
+            + [_format(r["catalog"][k], digits) for k in keys] for t, r in found]
+    return markdown_table(["Task", "Catalog", "Queries", *keys], body)
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def examples_markdown(metrics: Mapping[str, Any]) -> str:
+    """The example predictions of each generative task as markdown tables."""
+    parts = []
+    for task in TASKS:
+        examples = metrics["tasks"].get(task.name, {}).get("examples")
+        if not examples:
+            continue
+        body = [[_one_line(e["prompt"][-80:]), _one_line(e["prediction"]), _one_line(e["reference"])]
+                for e in examples]
+        parts.append(f"#### {task.short} ({task.name})\n\n"
+                     + markdown_table(["Prompt (end)", "Prediction", "Reference"], body, left=3))
+    return "\n\n".join(parts)
+
+
+def results_markdown(
+    metrics: Mapping[str, Any],
+    *,
+    name: str = "RecFound (ours)",
+    baselines: Sequence[Row] = (),
+    chance: Mapping[str, Any] | None = None,
+    title: str = "Evaluation",
+) -> str:
+    """The whole results.md: Tables 2 and 3 (the model, each baseline, chance), then per-task detail,
+    full-catalog retrieval and example predictions."""
+    rows: list[Row] = [(name, metrics), *baselines]
+    if chance is not None:
+        rows.append(("chance", chance))
+    settings = ", ".join(f"{k}={metrics.get(k)}" for k in ("split", "step", "limit_per_task", "embedding_stride",
+                                                           "max_new_tokens") if k in metrics)
+    sections = [
+        f"# {title}",
+        settings,
+        "## Generative tasks (Table 2 layout)",
+        generative_table(rows),
+        "## Embedding tasks (Table 3 layout: I2I NDCG@20, Q2I and U2I MRR@20)",
+        embedding_table(rows),
+        "## Per task",
+        task_detail_table(metrics),
+    ]
+    catalog = catalog_table(metrics)
+    if catalog:
+        sections += ["## Full-catalog retrieval", catalog]
+    examples = examples_markdown(metrics)
+    if examples:
+        sections += ["## Example predictions", examples]
+    return "\n\n".join(s for s in sections if s) + "\n"

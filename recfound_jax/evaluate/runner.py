@@ -1,0 +1,293 @@
+"""Evaluate a model on the 13 tasks of a split (shared/reference/METHOD.md §8).
+
+`evaluate(rf, data_dir)` reads the rows with `records.load_split` and scores every task:
+
+- generative tasks: greedy generation from each row's last prompt (``text[-2]``), scored against
+  its last answer (``text[-1]``) with `metrics.score_task`;
+- embedding tasks: queries embedded with their own instruction (role "query"), passages with theirs
+  (role "passage"); the released sampled protocol (U2I, Q2I: MRR@20 over 1 positive + 19 negatives;
+  I2I: NDCG@20 over the positives + 5 negatives, negatives of the same task and source) on every
+  ``embedding_stride``-th row, plus exact full-catalog Recall@k / NDCG@k over every distinct
+  passage text of the task.
+
+The result holds, per task, the paper's headline metric under ``"score"`` and the details beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recfound_jax.data import records as records_lib
+from recfound_jax.data.tasks import TASKS, Task, get_task
+from recfound_jax.evaluate import metrics, retrieval
+
+# The tasks whose answer is one option letter or yes/no: the released scripts decode 1 token, but
+# with the Mistral tokenizer "yes" or a letter may take more than one piece before the EOS.
+SHORT_ANSWER_TASKS = frozenset({"SR", "PRP", "PM", "SA", "AP"})
+SHORT_ANSWER_TOKENS = 4
+LONG_ANSWER_TASKS = frozenset({"QR", "AVE"})
+LONG_ANSWER_TOKENS = 256
+DEFAULT_MAX_NEW_TOKENS = 128  # the other text tasks (released: 2048)
+NUM_EXAMPLES = 3
+EXAMPLE_PROMPT_CHARS = 300
+SAMPLED_NEGATIVES = {"U2I": 19, "Q2I": 19, "I2I": 5}
+SAMPLED_K = 20
+SEED = 42
+
+
+def generation_budget(task: Task, max_new_tokens: int | None = None) -> int:
+    """Max new tokens for a generative task: 4 for letter and yes/no answers, 256 for QR and AVE,
+    128 otherwise; ``max_new_tokens`` (when given) caps every task."""
+    if task.short in SHORT_ANSWER_TASKS:
+        budget = SHORT_ANSWER_TOKENS
+    elif task.short in LONG_ANSWER_TASKS:
+        budget = LONG_ANSWER_TOKENS
+    else:
+        budget = DEFAULT_MAX_NEW_TOKENS
+    return budget if max_new_tokens is None else min(budget, max_new_tokens)
+
+
+def load_task_rows(data_dir: str, split: str, tasks: Sequence[Task]) -> dict[str, list[records_lib.Record]]:
+    """The rows of each task in the split, in file order."""
+    rows, _ = records_lib.load_split(data_dir, split, tasks=[t.name for t in tasks])
+    by_task: dict[str, list[records_lib.Record]] = {t.name: [] for t in tasks}
+    for row in rows:
+        by_task[row.task].append(row)
+    return by_task
+
+
+# ---------------------------------------------------------------- generative tasks
+
+
+def evaluate_generative(
+    rf: Any,
+    task: Task,
+    rows: Sequence[records_lib.GenerativeRecord],
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    bertscore_model: str | None = None,
+) -> dict[str, Any]:
+    """Generate from each row's last prompt and score against its last answer."""
+    prompts = [row.turns[-1][0] for row in rows]
+    references = [row.turns[-1][1] for row in rows]
+    budget = generation_budget(task, max_new_tokens)
+    predictions = rf.generate(prompts, task=task.name, max_new_tokens=budget, batch_size=batch_size)
+    result = metrics.score_task(task.name, predictions, references, bertscore_model=bertscore_model)
+    result["max_new_tokens"] = budget
+    result["examples"] = [
+        {"prompt": p[-EXAMPLE_PROMPT_CHARS:], "prediction": pred, "reference": ref}
+        for p, pred, ref in list(zip(prompts, predictions, references))[:NUM_EXAMPLES]
+    ]
+    return result
+
+
+# ---------------------------------------------------------------- embedding tasks
+
+
+def _distinct(items: Iterable) -> list:
+    return list(dict.fromkeys(items))
+
+
+@dataclasses.dataclass
+class Passages:
+    """Every distinct (instruction, text) passage of a task's rows, embedded once (role "passage").
+
+    ``first[text]`` is the first pair a text came with: the one that stands for the text where a
+    passage is identified by its text alone (the sampled pool, the catalog).
+    """
+
+    pairs: list[tuple[str, str]]
+    emb: np.ndarray
+    index: dict[tuple[str, str], int]
+    first: dict[str, tuple[str, str]]
+
+    @classmethod
+    def embed(cls, rf: Any, task: Task, rows: Sequence[records_lib.EmbeddingRecord],
+              batch_size: int) -> "Passages":
+        """Embed the rows' passages."""
+        pairs = _distinct(p for row in rows for p in (*row.pos, *row.neg))
+        emb = rf.embed_pairs(pairs, task=task.name, role="passage", batch_size=batch_size)
+        first: dict[str, tuple[str, str]] = {}
+        for pair in pairs:
+            first.setdefault(pair[1], pair)
+        return cls(pairs, np.asarray(emb), {p: i for i, p in enumerate(pairs)}, first)
+
+    def of_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return self.emb[[self.index[p] for p in pairs]]
+
+    def of_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.of_pairs([self.first[t] for t in texts])
+
+
+def _sampled_metric(task: Task, rows: Sequence[records_lib.EmbeddingRecord],
+                    queries: Sequence[records_lib.EmbeddingRecord], query_emb: np.ndarray,
+                    passages: Passages) -> dict[str, Any]:
+    """The released protocol: MRR@20 (U2I, Q2I) or NDCG@20 (I2I) against negatives of the same
+    source drawn from every distinct (text, source) passage of ``rows``."""
+    pool = _distinct((text, row.source) for row in rows for _, text in (*row.pos, *row.neg))
+    pool_emb = passages.of_texts([text for text, _ in pool])
+    pool_sources = [source for _, source in pool]
+    pool_by_text: dict[str, list[int]] = {}
+    for j, (text, _) in enumerate(pool):
+        pool_by_text.setdefault(text, []).append(j)
+    never = [{text for _, text in row.pos} | ({row.query[1]} if task.short == "I2I" else set()) for row in queries]
+    exclude = [[j for text in texts for j in pool_by_text.get(text, [])] for texts in never]
+    query_sources = [row.source for row in queries]
+    common = dict(num_negatives=SAMPLED_NEGATIVES[task.short], k=SAMPLED_K, seed=SEED, exclude=exclude)
+    if task.short == "I2I":
+        positives = [passages.of_pairs(row.pos) for row in queries]
+        result = retrieval.sampled_ndcg(query_emb, positives, query_sources, pool_emb, pool_sources, **common)
+    else:
+        positive_emb = passages.of_pairs([row.pos[0] for row in queries])
+        result = retrieval.sampled_mrr(query_emb, positive_emb, query_sources, pool_emb, pool_sources, **common)
+    result["pool_size"] = len(pool)
+    return result
+
+
+def _catalog_metric(queries: Sequence[records_lib.EmbeddingRecord], query_emb: np.ndarray,
+                    passages: Passages) -> dict[str, Any]:
+    """Exact Recall@k / NDCG@k over every distinct passage text; the relevant items are the positives."""
+    texts = list(passages.first)
+    position = {text: i for i, text in enumerate(texts)}
+    relevant = [[position[text] for _, text in row.pos] for row in queries]
+    result = retrieval.catalog_metrics(query_emb, passages.of_texts(texts), relevant)
+    result["catalog_size"] = len(texts)
+    return result
+
+
+def evaluate_embedding(
+    rf: Any,
+    task: Task,
+    rows: Sequence[records_lib.EmbeddingRecord],
+    *,
+    embedding_stride: int = 1,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """The sampled metric (MRR@20 or NDCG@20) of every ``embedding_stride``-th row (the first
+    ``limit`` of them) and the full-catalog Recall@k / NDCG@k of the same queries.
+
+    ``rows`` are all the task's rows of the split: every distinct (instruction, text) passage among
+    them is embedded once. The candidate pool of the sampled protocol is every distinct
+    (text, source) among those passages (embedded with the first instruction it came with); a query
+    never draws its own positives, nor (I2I) an item with its own text, as a negative. The catalog
+    is every distinct passage text; a query's relevant items are its positives.
+    """
+    queries = list(rows[::embedding_stride][:limit])
+    passages = Passages.embed(rf, task, rows, batch_size)
+    query_emb = np.asarray(rf.embed_pairs([row.query for row in queries], task=task.name, role="query",
+                                          batch_size=batch_size))
+    sampled = _sampled_metric(task, rows, queries, query_emb, passages)
+    catalog = _catalog_metric(queries, query_emb, passages)
+    return {
+        "task": task.name,
+        "task_metric": task.metric,
+        "score": sampled["score"] if sampled["n"] else None,  # no query had enough negatives
+        "n": sampled["n"],
+        "skipped": sampled["skipped"],
+        "queries": len(queries),
+        "pool_size": sampled["pool_size"],
+        "catalog_size": catalog.pop("catalog_size"),
+        "catalog": catalog,
+    }
+
+
+# ---------------------------------------------------------------- all tasks
+
+
+def _select_tasks(tasks: Iterable[str | int] | None) -> list[Task]:
+    if tasks is None:
+        return list(TASKS)
+    return sorted({get_task(t) for t in tasks}, key=lambda t: t.id)
+
+
+def evaluate(
+    rf: Any,
+    data_dir: str,
+    *,
+    split: str = "test",
+    tasks: Iterable[str | int] | None = None,
+    limit_per_task: int | None = None,
+    embedding_stride: int = 1,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+    bertscore_model: str | None = None,
+) -> dict[str, Any]:
+    """Score ``rf`` (a `recfound_jax.inference.RecFound`) on every task (or ``tasks``) of a split.
+
+    Returns ``{"split", "data_dir", "step", "limit_per_task", "embedding_stride", "seconds",
+    "tasks": {task name: {"short", "kind", "metric", "score", ... details, "seconds"}}}``, where
+    ``score`` is the paper's headline metric of the task. ``limit_per_task`` caps the rows scored
+    per task (generative rows; embedding queries after the stride), while the embedding candidate
+    pool and catalog always hold every passage of the split. A task with no rows in the split is
+    reported with ``score`` None and ``n`` 0. The released protocol uses ``embedding_stride=10``.
+    """
+    if embedding_stride < 1:
+        raise ValueError(f"embedding_stride must be >= 1, got {embedding_stride}")
+    selected = _select_tasks(tasks)
+    rows = load_task_rows(data_dir, split, selected)
+    start = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(selected, desc=f"evaluate {split}", unit="task", disable=not progress)
+    for task in bar:
+        bar.set_postfix_str(task.short)
+        task_start = time.perf_counter()
+        if not rows[task.name]:
+            result: dict[str, Any] = {"task": task.name, "task_metric": task.metric, "score": None, "n": 0}
+        elif task.is_embedding:
+            result = evaluate_embedding(rf, task, rows[task.name], embedding_stride=embedding_stride,
+                                        limit=limit_per_task)
+        else:
+            result = evaluate_generative(rf, task, rows[task.name][:limit_per_task],
+                                         max_new_tokens=max_new_tokens, bertscore_model=bertscore_model)
+        result.update(short=task.short, kind=task.kind, metric=task.metric,
+                      seconds=round(time.perf_counter() - task_start, 3))
+        results[task.name] = result
+    bar.close()
+    return {
+        "split": split,
+        "data_dir": str(data_dir),
+        "step": getattr(rf, "step", None),
+        "limit_per_task": limit_per_task,
+        "embedding_stride": embedding_stride,
+        "max_new_tokens": max_new_tokens,
+        "seconds": round(time.perf_counter() - start, 3),
+        "tasks": results,
+    }
+
+
+SUBSET_MAX_NEW_TOKENS = 16
+
+
+def evaluate_subset(
+    model_or_rf: Any,
+    data_dir: str,
+    *,
+    limit_per_task: int,
+    split: str = "valid",
+    config: Any = None,
+    tokenizer: Any = None,
+    max_new_tokens: int = SUBSET_MAX_NEW_TOKENS,
+) -> dict[str, float]:
+    """A quick evaluation during training: ``{"eval/<task name>": score}`` on the first
+    ``limit_per_task`` rows of each task, answers capped at ``max_new_tokens``, no progress bar.
+
+    ``model_or_rf`` is a `RecFound`, or a `Mistral` with its run ``config`` and ``tokenizer``.
+    Keep one RecFound across calls: its jitted encoder and generator compile once and read the
+    model's current parameters on every call. Tasks that could not be scored are left out.
+    """
+    from recfound_jax.inference import RecFound  # noqa: PLC0415 (inference imports the model stack)
+
+    rf = model_or_rf
+    if not isinstance(rf, RecFound):
+        if config is None or tokenizer is None:
+            raise ValueError("evaluate_subset of a bare model needs its config and tokenizer")
+        rf = RecFound(model_or_rf, config, tokenizer)
+    result = evaluate(rf, data_dir, split=split, limit_per_task=limit_per_task,
+                      max_new_tokens=max_new_tokens, progress=False)
+    return {f"eval/{name}": float(r["score"]) for name, r in result["tasks"].items() if r["score"] is not None}

@@ -1,0 +1,240 @@
+"""The inference API: load a run at any checkpoint, embed texts, generate answers, read the routing.
+
+    rf = RecFound.from_run("runs/demo")                     # latest checkpoint, with its adapters
+    vectors = rf.embed(["red running shoes"], task="Q2I", instruction="Retrieve the product")
+    answers = rf.generate([prompt], task="SR", max_new_tokens=1)
+    gates = rf.routing()                                     # [13 tasks, features] for the Figure-2 heatmap
+
+Inputs use exactly the training formats (data/formatting.py): embeddings are GritLM's
+``<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (or ``<s><|embed|>\\n{text}``) under bidirectional
+attention, mean-pooled over the text tokens and L2-normalised, as the training loss sees them;
+generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` and decodes greedily
+(evaluate/generation.py). Both are jitted on bucketed shapes and routed by the task's id.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from recfound_jax import checkpoint, runs
+from recfound_jax.data import formatting
+from recfound_jax.data.tasks import TASKS, Task, get_task
+from recfound_jax.evaluate import generation
+from recfound_jax.model.mistral import Mistral
+from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.train.losses import mean_pool
+
+ROLES = ("query", "passage")
+
+
+def resolve_task(task: Task | str | int, kind: str | None = None) -> Task:
+    """The task named by released name, short name or id (or a Task); with ``kind``, it must be of that kind."""
+    if isinstance(task, Task):
+        found = task
+    else:
+        found = get_task(int(task) if isinstance(task, (int, np.integer)) else task)
+    if kind is not None and found.kind != kind:
+        raise ValueError(f"task {found.name} is a {found.kind} task, not a {kind} one")
+    return found
+
+
+class EmbeddingEncoder:
+    """Pooled, L2-normalised embeddings of tokenized inputs; compiled once per (batch rows, length bucket).
+
+    ``traces`` counts how many times the encoding function was traced.
+    """
+
+    def __init__(self, model: Mistral, *, pad_id: int):
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.graphdef = nnx.graphdef(model)
+        self.traces = 0
+        self._encode = jax.jit(self._encode_fn)
+
+    def _encode_fn(self, state: Any, ids, mask, pool_mask, task_ids) -> jax.Array:
+        self.traces += 1  # runs only while tracing
+        model = nnx.merge(self.graphdef, state)
+        hidden = model.hidden_states(ids, mask, task_ids=task_ids, causal=False)
+        return mean_pool(hidden, pool_mask)
+
+    def encode(
+        self,
+        seqs: Sequence[Sequence[int]],
+        prefix_lens: Sequence[int],
+        task_id: int,
+        *,
+        max_len: int,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """float32 [n, hidden] embeddings of token sequences, pooled over tokens from ``prefix_lens`` on."""
+        n = len(seqs)
+        out = np.zeros((n, self.model.config.hidden_size), np.float32)
+        lengths = np.asarray([len(s) for s in seqs], np.int64)
+        batches = generation.length_sorted_batches(lengths, batch_size)
+        state = nnx.state(self.model)
+        for rows in tqdm(batches, desc="embed", disable=not generation.show_progress(progress, len(batches))):
+            length = generation.bucket_length(int(lengths[rows].max()), max_len)
+            batch = generation.bucket_batch(len(rows), batch_size)
+            ids = np.full((batch, length), self.pad_id, np.int32)
+            mask = np.zeros((batch, length), np.int32)
+            pool = np.zeros((batch, length), np.float32)
+            mask[len(rows):, 0] = 1  # padding rows attend to one token, so no row is fully masked
+            for j, r in enumerate(rows):
+                ids[j, : lengths[r]] = seqs[r]
+                mask[j, : lengths[r]] = 1
+                pool[j, prefix_lens[r]: lengths[r]] = 1.0
+            tasks = np.full(batch, task_id, np.int32)
+            out[rows] = np.asarray(self._encode(state, ids, mask, pool, tasks))[: len(rows)]
+        return out
+
+
+class RecFound:
+    """A RecFound model ready for inference: embedding, generation and routing, per task."""
+
+    def __init__(self, model: Mistral, config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
+                 step: int | None = None, run_dir: str | os.PathLike | None = None):
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        self.step = step
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self._formatter = formatting.Formatter(tokenizer)
+        self._encoder: EmbeddingEncoder | None = None
+        self._generator: generation.GreedyGenerator | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, step: int | None = None, *, base_only: bool = False,
+                 mesh: jax.sharding.Mesh | None = None) -> "RecFound":
+        """The base and adapters of a run's checkpoint ``step`` (default: the latest; 0: before training).
+
+        ``base_only=True`` gives the base model without adapters (the "w/o fine-tuning" model).
+        """
+        run_dir = Path(run_dir)
+        if base_only:
+            model, c, step = runs.load_model(run_dir, mesh=mesh, with_adapters=False)
+        elif step == 0 and 0 not in _checkpoint_steps(run_dir):
+            model, c = _load_initial(run_dir, mesh)
+        else:
+            model, c, step = runs.load_model(run_dir, step, mesh=mesh)
+        return cls(model, c, _run_tokenizer(run_dir), step=step, run_dir=run_dir)
+
+    # ------------------------------------------------------------------------------------ embedding
+    @property
+    def encoder(self) -> EmbeddingEncoder:
+        """The jitted embedding encoder (made on first use)."""
+        if self._encoder is None:
+            self._encoder = EmbeddingEncoder(self.model, pad_id=self.tokenizer.pad_id)
+        return self._encoder
+
+    def embed(self, texts: Sequence[str], *, task: Task | str | int, instruction: str | None = None,
+              role: str = "query", batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
+        """L2-normalised float32 [n, hidden] embeddings of texts under one instruction (None: none).
+
+        ``role`` picks the truncation length only (data.query_len or data.passage_len).
+        """
+        return self.embed_pairs([(instruction, t) for t in texts], task=task, role=role, batch_size=batch_size,
+                                progress=progress)
+
+    def embed_pairs(self, pairs: Sequence[tuple[str | None, str]], *, task: Task | str | int, role: str = "query",
+                    batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
+        """L2-normalised float32 [n, hidden] embeddings of (instruction, text) pairs, as the data carries them."""
+        task_id = resolve_task(task, "embedding").id
+        max_len = self._role_len(role)
+        formatted = self._formatter.embedding_many([("" if i is None else i, t) for i, t in pairs], max_len)
+        return self.encoder.encode([ids for ids, _ in formatted], [n for _, n in formatted], task_id,
+                                   max_len=max_len, batch_size=batch_size, progress=progress)
+
+    def _role_len(self, role: str) -> int:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        return int(self.config.data.query_len if role == "query" else self.config.data.passage_len)
+
+    # ------------------------------------------------------------------------------------ generation
+    @property
+    def max_prompt_len(self) -> int:
+        """Prompt tokens kept (longer prompts are cut in the middle): the training length minus one answer token."""
+        return int(self.config.data.generative_len) - 1
+
+    @property
+    def generator(self) -> generation.GreedyGenerator:
+        """The jitted greedy generator (made on first use)."""
+        if self._generator is None:
+            self._generator = generation.GreedyGenerator(
+                self.model, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                max_prompt_len=self.max_prompt_len)
+        return self._generator
+
+    def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Model inputs of prompts: ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n``, cut to `max_prompt_len`."""
+        return formatting.format_generative_prompts(self.tokenizer, prompts, self.max_prompt_len)
+
+    def generate_ids(self, prompts: Sequence[str], *, task: Task | str | int, max_new_tokens: int = 64,
+                     batch_size: int = 16, progress: bool | None = None) -> list[np.ndarray]:
+        """Greedy answer token ids of each prompt, up to (not including) its first EOS."""
+        task_id = resolve_task(task, "generative").id
+        tokens = self.generator.generate(self.prompt_ids(prompts), task_id, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, progress=progress)
+        return [generation.trim_at_eos(row, self.tokenizer.eos_id) for row in tokens]
+
+    def generate(self, prompts: Sequence[str], *, task: Task | str | int, max_new_tokens: int = 64,
+                 batch_size: int = 16, progress: bool | None = None) -> list[str]:
+        """Greedy answers of the generative rows' prompts, decoded, each stopped at its first EOS."""
+        ids = self.generate_ids(prompts, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
+        return [self.tokenizer.decode(row) for row in ids]
+
+    # ------------------------------------------------------------------------------------ routing
+    def routing(self, tasks: Sequence[Task | str | int] | None = None) -> np.ndarray:
+        """[n_tasks, features]: each task's gate distributions over experts, concatenated over the
+        target projections (q, k, v, o order) and layers; default all 13 tasks in id order."""
+        adapters = self.model.adapters
+        if adapters is None or not adapters.cfg.enabled:
+            raise ValueError("routing needs a TMoLE model with adapters (not base_only, not a plain LoRA run)")
+        ids = jnp.asarray([resolve_task(t).id for t in (TASKS if tasks is None else tasks)], jnp.int32)
+        gates = adapters.gates(ids)  # {target: [L, n_tasks, N]}
+        features = [np.swapaxes(np.asarray(gates[t], np.float32), 0, 1).reshape(len(ids), -1)
+                    for t in adapters.cfg.targets]
+        return np.concatenate(features, axis=1)
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    checkpointer = checkpoint.Checkpointer(run_dir)
+    try:
+        return checkpointer.steps()
+    finally:
+        checkpointer.close()
+
+
+def _load_initial(run_dir: Path, mesh) -> tuple[Mistral, ml_collections.ConfigDict]:
+    """A run's model with the adapters it started from (run_dir/initial_params)."""
+    c = runs.read_config(run_dir)
+    info = runs.read_run_info(run_dir)
+    base = Path(info["base"])
+    if runs.base_fingerprint(base) != info["base_fingerprint"]:
+        raise ValueError(f"{run_dir}: the base checkpoint {base} changed since the run was made")
+    model = runs.build_model(c, base, mesh=mesh)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    checkpointer = checkpoint.Checkpointer(run_dir)
+    try:
+        initial = checkpointer.restore_initial(params)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, initial, rest), c
+
+
+def _run_tokenizer(run_dir: Path) -> Tokenizer:
+    """The tokenizer a run was trained with (run.json), else the base's own, else the default v3 file."""
+    info = runs.read_run_info(run_dir)
+    path = info.get("tokenizer")
+    if path and Path(path).is_file():
+        return Tokenizer(path)
+    return Tokenizer(runs.tokenizer_path(Path(info["base"])))

@@ -1,0 +1,256 @@
+"""The evaluation runner, report tables, plots and the `python -m recfound_jax.evaluate` CLI.
+
+The runner's wiring is checked with oracle models (an embedder that maps each query onto its
+positive, a generator that answers with the reference): every task must then score 1.0. The CLI and
+`evaluate_subset` run on a tiny 3-step training run of the synthetic data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recfound_jax.data import records, synthetic
+from recfound_jax.data.tasks import TASKS, get_task
+from recfound_jax.evaluate import plots, report, runner
+from recfound_jax.evaluate.__main__ import main
+from tests.train_fixtures import tiny_config, write_tiny_base
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_tiny_run(root: Path) -> Path:
+    """A 3-step run of the tiny base on the synthetic data under ``root`` (made once per session)."""
+    run_dir = root / "tiny_run"
+    if (run_dir / "summary.json").is_file():
+        return run_dir
+    from recfound_jax.train.trainer import train  # noqa: PLC0415
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECFOUND_CACHE", str(root / "cache"))
+        base = write_tiny_base(root / "tiny_base")
+        train(tiny_config(base, train__steps=3, train__checkpoint_every=3), run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.getbasetemp() / "cache" / "synthetic" / "scale1-seed0"
+    synthetic.ensure_dataset(out)
+    return out
+
+
+# ---------------------------------------------------------------- oracle models
+
+
+def _unit_vector(text: str, dim: int = 256) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return v / np.linalg.norm(v)
+
+
+class OracleModel:
+    """Embeds a passage as a random unit vector of its text and a query as the mean of its
+    positives' vectors; answers each prompt with its reference."""
+
+    step = 7
+
+    def __init__(self, data_dir: Path, split: str):
+        rows, _ = records.load_split(data_dir, split)
+        self.positives = {}
+        self.answers = {}
+        self.budgets: dict[str, int] = {}
+        for row in rows:
+            if isinstance(row, records.EmbeddingRecord):
+                # A query repeated in the split (I2I anchors) points at the positives of all its rows.
+                self.positives.setdefault((row.task, row.query), []).extend(text for _, text in row.pos)
+            else:
+                self.answers[row.turns[-1][0]] = row.turns[-1][1]
+
+    def embed_pairs(self, pairs, *, task, role="query", batch_size=64):
+        if role == "passage":
+            return np.stack([_unit_vector(text) for _, text in pairs])
+        means = [np.mean([_unit_vector(t) for t in self.positives[(task, pair)]], axis=0) for pair in pairs]
+        return np.stack([m / np.linalg.norm(m) for m in means])
+
+    def generate(self, prompts, *, task, max_new_tokens=64, batch_size=16):
+        self.budgets[task] = max_new_tokens
+        return [self.answers[p] for p in prompts]
+
+
+def test_oracle_scores_one_on_every_task(data_dir):
+    oracle = OracleModel(data_dir, "test")
+    result = runner.evaluate(oracle, str(data_dir), progress=False)
+    assert set(result["tasks"]) == {t.name for t in TASKS}
+    assert result["step"] == 7
+    for name, r in result["tasks"].items():
+        assert r["score"] == pytest.approx(1.0), (name, r)
+        assert r["n"] == 60, name  # every test row was scored: no query lacked negatives
+    for task in TASKS:
+        r = result["tasks"][task.name]
+        if task.is_embedding:
+            # Every positive is among the nearest catalog items; U2I and Q2I's is the nearest.
+            assert r["catalog"]["recall@20"] == pytest.approx(1.0)
+            if task.short != "I2I":
+                assert r["catalog"]["recall@1"] == pytest.approx(1.0)
+            assert r["catalog_size"] <= r["pool_size"]
+        else:
+            assert oracle.budgets[task.name] == runner.generation_budget(task)
+            assert len(r["examples"]) == runner.NUM_EXAMPLES
+            assert r["examples"][0]["prediction"] == r["examples"][0]["reference"]
+    json.dumps(result)  # metrics.json material
+
+
+def test_stride_and_limit_choose_the_queries_but_not_the_pool(data_dir):
+    oracle = OracleModel(data_dir, "test")
+    full = runner.evaluate(oracle, str(data_dir), tasks=["U2I", "SR"], progress=False)
+    strided = runner.evaluate(oracle, str(data_dir), tasks=["U2I", "SR"], embedding_stride=10, limit_per_task=4,
+                              progress=False)
+    assert list(strided["tasks"]) == [get_task("U2I").name, get_task("SR").name]
+    u2i = get_task("U2I").name
+    assert strided["tasks"][u2i]["queries"] == 4  # rows 0, 10, 20, 30
+    assert strided["tasks"][u2i]["pool_size"] == full["tasks"][u2i]["pool_size"]
+    assert strided["tasks"][get_task("SR").name]["n"] == 4
+
+
+def test_generation_budgets():
+    assert runner.generation_budget(get_task("SR")) == 4
+    assert runner.generation_budget(get_task("PM")) == 4
+    assert runner.generation_budget(get_task("QR")) == 256
+    assert runner.generation_budget(get_task("AVE")) == 256
+    assert runner.generation_budget(get_task("UP")) == runner.DEFAULT_MAX_NEW_TOKENS
+    assert runner.generation_budget(get_task("AVE"), 8) == 8
+    assert runner.generation_budget(get_task("SA"), 8) == 4
+
+
+# ---------------------------------------------------------------- report
+
+
+def _parse_table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return cells[0], {row[0]: row[1:] for row in cells[2:]}
+
+
+def _fake_metrics(scores: dict[str, float]) -> dict:
+    return {"split": "test", "tasks": {t.name: {"score": scores.get(t.short), "n": 3, "invalid": 0}
+                                       for t in TASKS}}
+
+
+def test_tables_have_the_papers_columns_and_rows(data_dir):
+    ours = _fake_metrics({t.short: 0.1 * (t.id % 10) for t in TASKS})
+    other = {t.short: 0.5 for t in TASKS if t.short != "PM"}  # a flat mapping with one task missing
+    chance = report.load_chance(data_dir)
+    rows = [("ours", ours), ("other", other), ("chance", chance)]
+
+    header, body = _parse_table(report.generative_table(rows))
+    assert header == ["Model", "QR", "AVE", "AG", "SR", "SA", "UP", "AP", "PRP", "PM", "IP"]
+    assert list(body) == ["ours", "other", "chance"]
+    assert body["ours"] == [f"{0.1 * (get_task(s).id % 10):.3f}" for s in header[1:]]
+    assert body["other"][header.index("PM") - 1] == report.MISSING
+    assert body["chance"] == [f"{chance[get_task(s).name]['chance']:.3f}" for s in header[1:]]
+
+    header, body = _parse_table(report.embedding_table(rows))
+    assert header == ["Model", "I2I", "Q2I", "U2I"]
+    assert body["chance"][2] == f"{np.mean(1.0 / np.arange(1, 21)):.3f}"  # H_20 / 20
+
+    md = report.results_markdown(ours, name="ours", baselines=[("other", other)], chance=chance)
+    assert md.count("| Model |") == 2
+    assert "| chance |" in md and "| other |" in md
+
+
+def test_scores_of_reads_every_format():
+    metrics = {"split": "test", "tasks": {"Emb_user": {"score": 0.25}, "Sentiment_Analysis": {"score": None}}}
+    assert report.scores_of(metrics)["Emb_user"] == 0.25
+    assert report.scores_of(metrics)["Sentiment_Analysis"] is None
+    assert report.scores_of({"Emb_item": {"chance": 0.4, "metric": "ndcg@20"}})["Emb_item"] == 0.4
+    assert report.scores_of({"QR": 0.973, "notes": "x"})["Query_Rewriting"] == 0.973
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plots_write_pngs(tmp_path):
+    records_log = [{"step": s, **{f"ratio/{t.name}": 1 / 3 if t.is_embedding else 0.1 for t in TASKS},
+                    **{f"probe/{t.name}": 2.0 / s for t in TASKS}} for s in range(1, 5)]
+    routing = np.random.default_rng(0).uniform(size=(len(TASKS), 24))
+    paths = [
+        plots.routing_heatmap(routing, [t.name for t in TASKS], tmp_path / "routing.png"),
+        plots.schedule_plot(records_log, tmp_path / "schedule.png"),
+        plots.probe_loss_plot(records_log, tmp_path / "probe.png"),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+    sim = plots.cosine_similarity(routing)
+    norm = routing / np.linalg.norm(routing, axis=1, keepdims=True)
+    np.testing.assert_allclose(sim, norm @ norm.T, rtol=1e-12)
+    assert plots.has_series(records_log, "ratio") and not plots.has_series(records_log, "eval")
+
+
+# ---------------------------------------------------------------- the CLI and evaluate_subset on a tiny run
+
+
+def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["--run", str(run_dir), "--limit", "2", "--max-new-tokens", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {t.name for t in TASKS}
+    assert metrics["step"] == 3 and not metrics["base_only"]
+    for name, r in metrics["tasks"].items():
+        assert r["score"] is not None and 0.0 <= r["score"] <= 1.0, name
+        assert r["n"] == 2, name
+    results = (out / "results.md").read_text()
+    assert "| Model | QR | AVE | AG | SR | SA | UP | AP | PRP | PM | IP |" in results
+    assert "| Model | I2I | Q2I | U2I |" in results
+    assert "| chance |" in results
+    for png in ("routing.png", "schedule.png", "probe_loss.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
+    assert "| Model | QR |" in capsys.readouterr().out
+
+    # The base model alone ("w/o finetuning"), with the run above as a baseline row; no routing plot.
+    base_out = tmp_path / "base"
+    assert main(["--run", str(run_dir), "--base-only", "--tasks", "U2I", "SR", "--limit", "2",
+                 "--max-new-tokens", "2", "--no-progress", "--out", str(base_out),
+                 "--baseline", f"tiny={out / 'metrics.json'}"]) == 0
+    base_metrics = json.loads((base_out / "metrics.json").read_text())
+    assert base_metrics["base_only"] and base_metrics["step"] is None
+    assert set(base_metrics["tasks"]) == {get_task("U2I").name, get_task("SR").name}
+    _, body = _parse_table(report.generative_table(
+        [("w/o finetuning", base_metrics), ("tiny", metrics)]))
+    base_md = (base_out / "results.md").read_text()
+    assert "| w/o finetuning |" in base_md and "| tiny |" in base_md
+    assert not (base_out / "routing.png").exists()
+    assert body["tiny"][3] == f"{metrics['tasks'][get_task('SR').name]['score']:.3f}"
+
+
+def test_default_out_dir_names():
+    from recfound_jax.evaluate.__main__ import default_out_dir  # noqa: PLC0415
+
+    assert default_out_dir(Path("r"), 30, "test", False) == Path("r/eval/30")
+    assert default_out_dir(Path("r"), None, "test", True) == Path("r/eval/base")
+    assert default_out_dir(Path("r"), 30, "valid", False) == Path("r/eval/30-valid")
+
+
+def test_evaluate_subset_returns_finite_scores(run_dir):
+    from recfound_jax import runs  # noqa: PLC0415
+    from recfound_jax.inference import RecFound  # noqa: PLC0415
+
+    rf = RecFound.from_run(run_dir)
+    data = runs.read_run_info(run_dir)["data"]
+    scores = runner.evaluate_subset(rf, data, limit_per_task=2, max_new_tokens=2)
+    assert set(scores) == {f"eval/{t.name}" for t in TASKS}
+    assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in scores.values()), scores
+    # A bare model with its config and tokenizer gives the same numbers.
+    again = runner.evaluate_subset(rf.model, data, limit_per_task=2, max_new_tokens=2,
+                                   config=rf.config, tokenizer=rf.tokenizer)
+    assert again == pytest.approx(scores)
