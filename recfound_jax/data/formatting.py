@@ -534,3 +534,29 @@ def format_generative(tokenizer: Tokenizer, turns: Sequence[tuple[str, str]], ma
                       stats: TruncationStats | None = None) -> tuple[Ids, Ids]:
     """(ids, labels) of one conversation in GritLM's format."""
     return _formatter(tokenizer).format_generative(turns, max_len, stats)
+
+
+def format_generative_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_len: int | None = None,
+                              stats: TruncationStats | None = None) -> list[Ids]:
+    """Ids of ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` for each prompt: the training format up to the answer.
+
+    A prompt longer than ``max_len`` allows is cut in its middle, as training cuts it (its head, the
+    instruction, and its tail, the options and "Response:", stay).
+    """
+    fmt = _formatter(tokenizer)
+    stats = stats if stats is not None else TruncationStats()
+    head_ids = [fmt.bos_id] + fmt.user_first
+    out = []
+    for prompt in fmt._encode_unique(prompts):
+        stats.rows += 1
+        room = len(prompt) if max_len is None else max_len - len(head_ids) - len(fmt.assistant)
+        if room < 1:
+            raise ValueError(f"max_len={max_len} leaves no room for a prompt token")
+        if room < len(prompt):
+            stats.truncated += 1
+            stats.prompt_cut += 1
+            stats.tokens_removed += len(prompt) - room
+            half = room // 2
+            prompt = prompt[:half] + prompt[len(prompt) - (room - half):]
+        out.append(head_ids + prompt + fmt.assistant)
+    return out
