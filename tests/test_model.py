@@ -44,6 +44,9 @@ def test_kv_cache_decode_equals_full_forward(window):
     prompt = 4
     logits, cache = model.prefill(ids[:, :prompt], jnp.ones((2, prompt), jnp.int32), cache, task_ids=task_ids)
     np.testing.assert_allclose(logits, full[:, :prompt], atol=1e-5)
+    last, _ = model.prefill(ids[:, :prompt], jnp.ones((2, prompt), jnp.int32), model.init_cache(2, 12),
+                            task_ids=task_ids, logits_at=jnp.array([prompt - 1, 1]))
+    np.testing.assert_allclose(last, full[jnp.arange(2), jnp.array([prompt - 1, 1])], atol=1e-5)
     for pos in range(prompt, 9):
         step, cache = model.decode_step(ids[:, pos], jnp.full((2,), pos), cache, task_ids=task_ids)
         np.testing.assert_allclose(step, full[:, pos], atol=1e-5)

@@ -70,8 +70,7 @@ def greedy_decode(
     lengths = lengths.astype(jnp.int32)
     mask = jnp.arange(length)[None, :] < lengths[:, None]
     cache = model.init_cache(batch, length + max_new_tokens)
-    logits, cache = model.prefill(ids, mask, cache, task_ids=task_ids)
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    last, cache = model.prefill(ids, mask, cache, task_ids=task_ids, logits_at=lengths - 1)
     token = jnp.where(active, jnp.argmax(last, axis=-1).astype(jnp.int32), pad_id)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
     done = ~active | (token == eos_id)

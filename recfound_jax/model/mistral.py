@@ -242,10 +242,13 @@ class Mistral(nnx.Module):
         cache: dict[str, jax.Array],
         *,
         task_ids: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Causal forward over right-padded prompts [B, T] that also fills cache slots [0, T).
 
-        Returns (logits [B, T, V], cache). Row b's next token goes at position sum(attention_mask[b]).
+        Returns (logits [B, T, V], cache), or with ``logits_at`` [B] only each row's logits at that
+        position, [B, V] (a decoder needs just the last prompt position, and the LM head over every
+        prompt position would dominate the prefill). Row b's next token goes at sum(attention_mask[b]).
         """
         batch, length = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
@@ -258,6 +261,8 @@ class Mistral(nnx.Module):
             return attention.attend(q, k, v, mask), {"k": ck, "v": cv}
 
         h, cache = self._run(input_ids, positions, attend, cache, task_ids, None)
+        if logits_at is not None:
+            h = jnp.take_along_axis(h, logits_at[:, None, None], axis=1)[:, 0]
         return self.logits(h), cache
 
     def decode_step(
