@@ -27,6 +27,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="the run directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--split", default="test", help="data split to evaluate (default: test)")
+    p.add_argument("--data", default=None, help="dataset directory (default: the run's, from run.json)")
     p.add_argument("--tasks", nargs="+", default=None, help="task names or short names (default: all 13)")
     p.add_argument("--base-only", action="store_true", help="evaluate the base model without adapters")
     p.add_argument("--limit", type=int, default=None, help="rows (embedding: queries) per task")
@@ -90,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recfound_jax.inference import RecFound  # noqa: PLC0415
 
     run_dir = Path(args.run)
-    data_dir = runs.read_run_info(run_dir)["data"]
+    data_dir = args.data or runs.read_run_info(run_dir).get("data")
+    if not data_dir:
+        raise SystemExit(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
     rf = RecFound.from_run(run_dir, args.step, base_only=args.base_only)
     metrics = runner.evaluate(rf, data_dir, split=args.split, tasks=args.tasks, limit_per_task=args.limit,
                               embedding_stride=args.embedding_stride, max_new_tokens=args.max_new_tokens,
