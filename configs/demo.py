@@ -11,9 +11,9 @@ def get_config():
     c.name = "demo"
     c.model.base = "demo"
     c.data.dir = "synthetic"
-    c.data.query_len = 64
-    c.data.passage_len = 24
-    c.data.generative_len = 160
+    c.data.query_len = 72  # the synthetic data's longest query (instruction included) is 71 tokens
+    c.data.passage_len = 48  # longest passage: 46
+    c.data.generative_len = 176  # longest generative row: 174
     c.tmole.rank = 8
     c.tmole.alpha = 16.0
     c.tmole.task_embedding_dim = 64

@@ -6,6 +6,7 @@ command line (``--config.train.steps=10``).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -47,9 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_scale = 1
     c.data.synthetic_seed = 0
     c.data.on_error = "raise"  # or "skip": bad rows are skipped and counted per reason
-    c.data.query_len = 64
-    c.data.passage_len = 32
-    c.data.generative_len = 160
+    c.data.query_len = 72
+    c.data.passage_len = 48
+    c.data.generative_len = 176
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100
@@ -122,6 +123,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
     for key in ("query_len", "passage_len", "generative_len"):
         _check(c.data[key] >= 8, f"data.{key}", f"must be >= 8, got {c.data[key]}")
+    max_positions = base_max_positions(c.model.base)
+    if max_positions is not None:
+        for key in ("query_len", "passage_len", "generative_len"):
+            _check(c.data[key] <= max_positions, f"data.{key}",
+                   f"{c.data[key]} exceeds the base's max_position_embeddings={max_positions}")
     tr = c.train
     _check(tr.steps > 0, "train.steps", f"must be > 0, got {tr.steps}")
     _check(tr.embedding_batch >= 0 and tr.generative_batch >= 0, "train.embedding_batch", "batch sizes must be >= 0")
@@ -144,6 +150,18 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
         for key in ("embedding_batch", "generative_batch"):
             _check(tr[key] % data_ways == 0, f"train.{key}",
                    f"{tr[key]} is not divisible by the {data_ways} data-parallel devices of mesh {mesh_shape}")
+
+
+def base_max_positions(base: str) -> int | None:
+    """The longest sequence the base model takes (config.json's max_position_embeddings), if known.
+
+    ``"demo"`` reads configs/demo_base.py when the source tree is there (the base may not be built yet).
+    """
+    if base == "demo":
+        demo = Path(__file__).resolve().parents[1] / "configs" / "demo_base.py"
+        return int(load_config_file(demo).model.max_position_embeddings) if demo.is_file() else None
+    raw = json.loads(Path(base, "config.json").read_text())
+    return int(raw.get("max_position_embeddings", 32768))  # HF's default when the field is absent
 
 
 def _check_keys(c: ml_collections.ConfigDict, known: ml_collections.ConfigDict, prefix: str) -> None:

@@ -64,3 +64,12 @@ def test_existing_run_is_not_overwritten(base, tmp_path):
     train(c, tmp_path / "run", progress=False)
     with pytest.raises(RunExistsError, match="--resume"):
         Trainer(c, tmp_path / "run", progress=False)
+
+
+def test_evaluation_during_training_is_logged(base, tmp_path):
+    c = tiny_config(base, train__steps=2, eval__every=2, eval__subset=1)
+    train(c, tmp_path / "run", progress=False)
+    last = _records(tmp_path / "run")[-1]
+    scores = {k: v for k, v in last.items() if k.startswith("eval/")}
+    assert len(scores) >= 10, last.keys()
+    assert all(0.0 <= v <= 1.0 for v in scores.values())

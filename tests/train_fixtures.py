@@ -31,7 +31,7 @@ def tiny_config(base: Path, **train):
     c.tmole.rank = 4
     c.tmole.alpha = 8.0
     c.tmole.task_embedding_dim = 16
-    c.data.query_len, c.data.passage_len, c.data.generative_len = 64, 24, 160
+    c.data.query_len, c.data.passage_len, c.data.generative_len = 72, 48, 176
     c.train.steps = 6
     c.train.embedding_batch = 6
     c.train.generative_batch = 10

@@ -64,6 +64,9 @@ def index_checkpoint(directory: str | os.PathLike) -> dict[str, TensorInfo]:
         weight_map = json.loads(index.read_text())["weight_map"]
         infos = {}
         for file in sorted(set(weight_map.values())):
+            if not file.endswith(".safetensors"):
+                raise ValueError(f"{index}: weight file {file!r} is not a .safetensors file; recfound_jax loads "
+                                 "safetensors only (pickle files can run arbitrary code)")
             infos.update(read_header(directory / file))
         return infos
     single = directory / SINGLE_FILE
