@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from recfound_jax import parallel
 from recfound_jax.model import attention
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, expert_delta
 
@@ -313,7 +314,11 @@ class Mistral(nnx.Module):
             xs["cache"] = cache
 
         def layer(h, x):
-            return _decoder_layer(h, x, cfg=cfg, tmole_cfg=tmole_cfg, cos=cos, sin=sin, attend=attend)
+            # Under a mesh, keep the residual stream split by sample (FSDP): otherwise XLA may shard a
+            # GradCache chunk's loop axis instead and have every device compute the whole chunk.
+            h, new_cache = _decoder_layer(parallel.constrain(h, "residual"), x, cfg=cfg, tmole_cfg=tmole_cfg,
+                                          cos=cos, sin=sin, attend=attend)
+            return parallel.constrain(h, "residual"), new_cache
 
         h, new_cache = jax.lax.scan(remat_wrap(layer, self.remat), h, xs)
         return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), new_cache

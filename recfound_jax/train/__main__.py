@@ -22,6 +22,10 @@ def main(argv: list[str]) -> int:
     from recfound_jax.offline import go_offline  # noqa: PLC0415
 
     go_offline()
+    from recfound_jax import distributed  # noqa: PLC0415
+
+    distributed.set_gpu_xla_flags()  # before jax starts its backend
+    distributed.initialize_from_env()  # many processes: before any device is touched
     from recfound_jax.train.trainer import train  # noqa: PLC0415 (after flags: jax starts here)
 
     config = _CONFIG.value

@@ -37,7 +37,7 @@ _MIN_CAPACITY = 16
 @functools.cache
 def _cpu() -> jax.Device:
     """The host CPU device every S2Sched computation is pinned to."""
-    return jax.devices("cpu")[0]
+    return jax.local_devices(backend="cpu")[0]  # this process's own: another process's is not addressable
 
 
 def _on_cpu() -> Any:

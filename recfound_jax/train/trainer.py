@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
+from absl import logging
 from tqdm.auto import tqdm
 
 from recfound_jax import checkpoint, config as config_lib, parallel, runs
@@ -57,6 +61,14 @@ def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path) -> Inputs:
                   generative_max_len=c.data.generative_len, cache_dir=cache, on_error=c.data.on_error)
     train = formatting.tokenize_split(data, "train", tokenizer, **kwargs)
     valid = formatting.tokenize_split(data, "valid", tokenizer, **kwargs)
+    for split in (train, valid):
+        if split.report is not None and split.report.total_skipped:
+            logging.warning("skipped bad data rows (data.on_error=skip):\n%s", split.report.summary())
+    for kind, stats in train.stats.items():
+        if stats.truncated:
+            key = {"query": "query_len", "passage": "passage_len", "generative": "generative_len"}[kind]
+            logging.warning("%d of %d %s rows of the train split are longer than data.%s=%d and were truncated",
+                            stats.truncated, stats.rows, kind, key, c.data[key])
     return Inputs(base, data, tokenizer, train, valid)
 
 
@@ -71,10 +83,12 @@ def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
 
-def _batch_config(c: ml_collections.ConfigDict, emb: int, gen: int, seed: int) -> batching.BatchConfig:
+def _batch_config(c: ml_collections.ConfigDict, emb: int, gen: int, seed: int,
+                  share: tuple[int, int] = (0, 1)) -> batching.BatchConfig:
+    """Batch settings; ``share`` = (index, count) of this process's block of the global batch."""
     return batching.BatchConfig(embedding_batch_size=emb, generative_batch_size=gen, query_len=c.data.query_len,
                                 passage_len=c.data.passage_len, generative_len=c.data.generative_len, seed=seed,
-                                process_index=jax.process_index(), process_count=jax.process_count())
+                                process_index=share[0], process_count=share[1])
 
 
 def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit) -> tuple[dict, dict]:
@@ -106,13 +120,10 @@ def _schedulers(c: ml_collections.ConfigDict) -> tuple[S2Sched, S2Sched]:
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
     """Create the run directory; refuse to reuse another run's directory without --resume or --overwrite."""
     config_file = workdir / runs.CONFIG_FILE
-    if config_file.exists() and not resume:
-        if not overwrite:
-            raise RunExistsError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite "
-                                 "to replace it")
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(workdir)
+    replace = config_file.exists() and not resume
+    if replace and not overwrite:
+        raise RunExistsError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite "
+                             "to replace it")
     if resume and not config_file.exists():
         raise FileNotFoundError(f"--resume: {workdir} holds no run to resume")
     if resume:
@@ -121,8 +132,23 @@ def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool
         if saved != current:
             changed = sorted(_diff(saved, current))
             raise ValueError(f"--resume: the config differs from the run's config.json at {changed}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(config_file, config_lib.to_dict(c))
+    _sync_processes("prepare_workdir_checked")  # every process has looked before the directory changes
+    if jax.process_index() == 0:
+        if replace:
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json(config_file, config_lib.to_dict(c))
+    _sync_processes("prepare_workdir_written")
+
+
+def _sync_processes(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -141,6 +167,9 @@ class MetricsLog:
 
     def __init__(self, workdir: Path, resume_step: int):
         self.path = workdir / METRICS_FILE
+        self.file, self.board = None, None
+        if jax.process_index() != 0:  # one writer for the whole job
+            return
         if self.path.exists():  # keep only what precedes the checkpoint we resume from
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_step]
@@ -154,6 +183,8 @@ class MetricsLog:
             self.board = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.board is not None:
@@ -162,7 +193,8 @@ class MetricsLog:
                     self.board.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.board is not None:
             self.board.close()
 
@@ -176,6 +208,15 @@ def _real_tokens(emb: dict | None, gen: dict | None) -> int:
     return total
 
 
+def batch_digest(*batches: dict | None) -> str:
+    """A short hash of the host batches' arrays: makes the data order of each step observable in the log."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in sorted(batch or {}):
+            digest.update(key.encode() + np.ascontiguousarray(batch[key]).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _is_finite_tree(tree: Any) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
@@ -185,6 +226,12 @@ class Trainer:
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True):
+        # From here on SIGTERM (preemption) only asks the run to stop: during setup too, the run then
+        # checkpoints where it is and returns cleanly.
+        self.stop_requested = False
+        self._sigterm_before = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm_before = signal.signal(signal.SIGTERM, self._on_sigterm)
         config_lib.validate(c, device_count=jax.device_count())
         self.config, self.workdir, self.progress = c, Path(workdir).absolute(), progress
         prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
@@ -196,8 +243,10 @@ class Trainer:
             learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio,
             weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
         self.state = self._init_state()
+        self.batch_share = parallel.batch_share(self.mesh)
         self.batcher = batching.Batcher(self.inputs.train, _batch_config(c, c.train.embedding_batch,
-                                                                         c.train.generative_batch, c.seed))
+                                                                         c.train.generative_batch, c.seed,
+                                                                         self.batch_share))
         self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
         self.sched_emb, self.sched_gen = _schedulers(c)
         self.key = jax.random.key(c.seed)
@@ -208,7 +257,7 @@ class Trainer:
             self._restore(self.checkpointer.latest_step())
         else:
             self._begin()
-        self.stop_requested = False
+        self._eval_rf = None
 
     # ------------------------------------------------------------------ setup
     def _init_state(self) -> dict[str, Any]:
@@ -237,17 +286,20 @@ class Trainer:
         budget = min(answer_budget(self.inputs.train, self.inputs.valid), c.data.generative_len - 1)
         opts = step_lib.StepOptions(temperature=c.train.temperature, gradcache_chunk=c.train.gradcache_chunk,
                                     generative_micro_batch=c.train.generative_micro_batch, answer_budget=budget)
-        self.train_step = jax.jit(step_lib.make_train_step(self.parts, self.optimizer, opts),
+        self.train_step = jax.jit(parallel.under_mesh(step_lib.make_train_step(self.parts, self.optimizer, opts),
+                                                      self.mesh),
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
                                   out_shardings=(state_sh, rep), donate_argnums=0)
-        self.probe = jax.jit(step_lib.make_probe_fn(self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS),
-                                                    c.train.temperature, budget))
+        self.probe = jax.jit(parallel.under_mesh(step_lib.make_probe_fn(
+            self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature, budget), self.mesh),
+            out_shardings=rep)
 
     def _begin(self) -> None:
-        checkpoint.write_json(self.workdir / runs.RUN_FILE, {
-            "base": str(self.inputs.base), "base_fingerprint": runs.base_fingerprint(self.inputs.base),
-            "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
-            "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
+        if jax.process_index() == 0:
+            checkpoint.write_json(self.workdir / runs.RUN_FILE, {
+                "base": str(self.inputs.base), "base_fingerprint": runs.base_fingerprint(self.inputs.base),
+                "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
+                "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
         self.checkpointer.save_initial(self.state["params"])
         emb_losses, gen_losses = self._probe_losses()
         self.sched_emb.set_normaliser(emb_losses)
@@ -276,7 +328,9 @@ class Trainer:
     def _device_batch(self, batch: dict | None, kind: str) -> dict | None:
         if batch is None or self.batch_sh[kind] is None:
             return None
-        return {k: jax.make_array_from_process_local_data(self.batch_sh[kind][k], v)
+        blocks = self.batch_share[1]
+        return {k: jax.make_array_from_process_local_data(self.batch_sh[kind][k], v,
+                                                          (v.shape[0] * blocks, *v.shape[1:]))
                 for k, v in batch.items() if k in self.batch_sh[kind]}
 
     def save(self, step: int) -> None:
@@ -288,21 +342,40 @@ class Trainer:
                 "s2sched_gen": self.sched_gen.state_dict(), "initial_probe": self.initial_probe}
         self.checkpointer.save(step, self.state["params"], self.state["opt_state"], meta)
 
+    def evaluate_subset(self) -> dict[str, float]:
+        """{"eval/<task>": score} of the current params on the first config.eval.subset valid rows of each task."""
+        from recfound_jax.evaluate.runner import evaluate_subset  # noqa: PLC0415 (only when evaluating)
+        from recfound_jax.inference import RecFound  # noqa: PLC0415
+
+        if self._eval_rf is None:  # one RecFound for the run: its jitted functions compile once
+            self._eval_rf = RecFound(self.parts.merge(self.state["params"]), self.config, self.inputs.tokenizer)
+        else:
+            nnx.update(self._eval_rf.model, self.state["params"])
+        return evaluate_subset(self._eval_rf, str(self.inputs.data), limit_per_task=self.config.eval.subset)
+
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
         self.stop_requested = True
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop: all stop at the same step, so the checkpoint is collective."""
+        if jax.process_count() == 1:
+            return self.stop_requested
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.stop_requested))))
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Train to config.train.steps, or to step ``until``, or until SIGTERM; then checkpoint and return."""
         c = self.config
         end = c.train.steps if until is None else min(until, c.train.steps)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        bar = tqdm(total=c.train.steps, initial=self.start_step, disable=not self.progress, desc="train",
+        bar = tqdm(total=c.train.steps, initial=self.start_step, desc="train",
+                   disable=not self.progress or jax.process_index() != 0,
                    dynamic_ncols=True)
         nonfinite_run, skipped, tokens_total, started = 0, 0, 0, time.perf_counter()
         step = self.start_step
         last = {}
         try:
-            while step < end and not self.stop_requested:
+            while step < end and not self._stop_agreed():
                 last, finite = self._one_step(step)
                 step += 1
                 tokens_total += last["tokens"]
@@ -320,10 +393,12 @@ class Trainer:
                 self.save(step)
         finally:
             bar.close()
-            signal.signal(signal.SIGTERM, previous)
+            if self._sigterm_before is not None:
+                signal.signal(signal.SIGTERM, self._sigterm_before)
         elapsed = time.perf_counter() - started
         summary = self._summary(step, last, skipped, tokens_total, elapsed)
-        checkpoint.write_json(self.workdir / SUMMARY_FILE, summary)
+        if jax.process_index() == 0:
+            checkpoint.write_json(self.workdir / SUMMARY_FILE, summary)
         self.metrics.close()
         self.checkpointer.close()
         return summary
@@ -362,6 +437,9 @@ class Trainer:
             record[f"ratio/{task.name}"] = float(r)
         for task, r in zip(GENERATIVE_TASKS, self.sched_gen.ratios(step + 1)):
             record[f"ratio/{task.name}"] = float(r)
+        record["batch_digest"] = batch_digest(emb_np, gen_np)
+        if c.eval.every and (step + 1) % c.eval.every == 0:
+            record.update(self.evaluate_subset())
         if c.train.log_every and (step + 1) % c.train.log_every == 0:
             self.metrics.write(record)
         names = sorted({TASKS[int(t)].name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
@@ -379,7 +457,9 @@ class Trainer:
             "final_loss_gen": last.get("loss_gen"), "skipped_nonfinite_steps": skipped,
             "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
             "probe_loss_initial": initial, "probe_loss_final": {k: float(v) for k, v in final.items()},
-            "data_load_report": (self.inputs.train.report.to_dict() if self.inputs.train.report else None),
+            "data_load_report": {name: split.report.to_dict() if split.report else None
+                                 for name, split in (("train", self.inputs.train), ("valid", self.inputs.valid))},
+            "truncation": {kind: stats.to_dict() for kind, stats in self.inputs.train.stats.items()},
             "checkpoints": self.checkpointer.steps(),
         }
 
