@@ -14,13 +14,13 @@ def get_config():
     c.data.query_len = 72  # the synthetic data's longest query (instruction included) is 71 tokens
     c.data.passage_len = 48  # longest passage: 46
     c.data.generative_len = 176  # longest generative row: 174
-    c.tmole.rank = 8
-    c.tmole.alpha = 16.0
+    c.tmole.rank = 16
+    c.tmole.alpha = 32.0
     c.tmole.task_embedding_dim = 64
-    c.train.steps = 150
+    c.train.steps = 200
     c.train.embedding_batch = 24
     c.train.generative_batch = 20
-    c.train.learning_rate = 2e-3
+    c.train.learning_rate = 3e-3
     c.train.warmup_ratio = 0.05
     c.train.checkpoint_every = 50
     c.s2sched.probe_size = 4
