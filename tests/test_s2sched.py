@@ -376,7 +376,8 @@ def test_config_rejects_bad_values_naming_the_key():
 
 
 def test_config_from_config_dict():
-    ml_collections = pytest.importorskip("ml_collections")
+    import ml_collections  # noqa: PLC0415 (a dependency of the package)
+
     config = ml_collections.ConfigDict({"window": 32, "tau": 1.0, "warmup_steps": 32, "size_prior": {"QR": 2.0}})
     parsed = S2SchedConfig.from_config(config)
     assert (parsed.window, parsed.tau, parsed.warmup_steps) == (32, 1.0, 32)
