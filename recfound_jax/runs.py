@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -122,4 +121,4 @@ def params_like(run_dir: str | os.PathLike) -> nnx.State:
 
     hf_cfg = read_hf_config(info["base"])
     model = nnx.eval_shape(lambda: Mistral(hf_cfg, tmole=tmole_config(c), rngs=nnx.Rngs(0)))
-    return jax.tree.map(lambda x: x, nnx.state(model, nnx.Param))
+    return nnx.state(model, nnx.Param)

@@ -49,23 +49,21 @@ class ModelParts:
                          self.base if base is None else base)
 
 
-def make_optimizer(*, learning_rate: float, total_steps: int, warmup_ratio: float, weight_decay: float,
-                   grad_clip: float) -> optax.GradientTransformation:
-    """AdamW with linear warmup then linear decay to 0, after global-norm clipping."""
+def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
+    """Linear warmup over warmup_ratio of the steps, then linear decay to 0."""
     warmup = max(int(round(total_steps * warmup_ratio)), 0)
-    schedule = optax.join_schedules(
+    return optax.join_schedules(
         [optax.linear_schedule(0.0, learning_rate, max(warmup, 1)),
          optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))], [warmup])
+
+
+def make_optimizer(*, learning_rate: float, total_steps: int, warmup_ratio: float, weight_decay: float,
+                   grad_clip: float) -> optax.GradientTransformation:
+    """AdamW on `learning_rate_schedule`, after global-norm clipping."""
+    schedule = learning_rate_schedule(learning_rate=learning_rate, total_steps=total_steps,
+                                      warmup_ratio=warmup_ratio)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     return optax.chain(*parts, optax.adamw(schedule, weight_decay=weight_decay))
-
-
-def learning_rate_at(step: int, *, learning_rate: float, total_steps: int, warmup_ratio: float) -> float:
-    """The schedule of `make_optimizer` at a step, for logging."""
-    warmup = max(int(round(total_steps * warmup_ratio)), 0)
-    if step < warmup:
-        return learning_rate * step / max(warmup, 1)
-    return learning_rate * max(0.0, 1.0 - (step - warmup) / max(total_steps - warmup, 1))
 
 
 def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation) -> dict[str, Any]:

@@ -242,6 +242,8 @@ class Trainer:
         self.optimizer = step_lib.make_optimizer(
             learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio,
             weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
+        self.schedule = step_lib.learning_rate_schedule(
+            learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio)
         self.state = self._init_state()
         self.batch_share = parallel.batch_share(self.mesh)
         self.batcher = batching.Batcher(self.inputs.train, _batch_config(c, c.train.embedding_batch,
@@ -320,8 +322,7 @@ class Trainer:
         self.metrics = MetricsLog(self.workdir, resume_step=step)
 
     def _probe_losses(self) -> tuple[np.ndarray, np.ndarray]:
-        emb = {k: v for k, v in self.probe_emb.items()}
-        emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, emb, self.probe_gen)
+        emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, self.probe_emb, self.probe_gen)
         return np.asarray(emb_losses, np.float64), np.asarray(gen_losses, np.float64)
 
     # ------------------------------------------------------------------ the loop
@@ -419,8 +420,7 @@ class Trainer:
             "loss_gen": float(metrics["loss_gen"]), "grad_norm": float(metrics["grad_norm"]),
             "finite": int(metrics["finite"]), "step_seconds": seconds, "tokens": tokens,
             "tokens_per_s": tokens / max(seconds, 1e-9),
-            "lr": step_lib.learning_rate_at(step, learning_rate=c.train.learning_rate, total_steps=c.train.steps,
-                                            warmup_ratio=c.train.warmup_ratio)}
+            "lr": float(self.schedule(step))}
         if self.sched_emb.should_observe(step) or self.sched_gen.should_observe(step):
             emb_losses, gen_losses = self._probe_losses()
             if self.sched_emb.should_observe(step):
