@@ -1,13 +1,14 @@
 """Where the time goes on one GPU, by ablation: variants of the 7B-shaped train step and of decoding.
 
-    python scripts/profile_gpu.py [--train] [--decode]      # one table per part; run on a GPU
+    python scripts/profile_gpu.py [--train] [--decode] [--train-variants full,...] [--trace DIR]
 
 Train (512 tokens, micro-batch 16, dots_saveable, cuDNN, TMoLE 2/2/2 r16, random bf16 base): the
 forward alone; the full step as scripts/bench_gpu.py runs it (full-vocabulary CE at every position,
 dropout 0.1); with LM-head logits only at 64 answer positions; without dropout; plain LoRA
-(one rank-16 expert, no router). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
-one decode step with adapters; without adapters; and one decode step's layer scan without the cache
-written back (attention over the old cache), which bounds what the cache update costs.
+(one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
+one decode step with adapters (layer slices and gates computed once, as `greedy_decode` does); without
+adapters. --trace DIR adds a profiler trace of three decode steps and of one full train step, their
+optimized HLO, and a table of device time per op kind and per op (scripts/trace_summary.py).
 Each row: median of 5 timed calls after one warm-up (compile) call.
 """
 from __future__ import annotations
@@ -35,11 +36,14 @@ from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
+import trace_summary  # noqa: E402  (scripts/trace_summary.py)
+
 CFG = MistralConfig(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
                     num_kv_heads=8, head_dim=128)
 TINY = MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=16)
 ATTENTION = "cudnn"
+TRACE_DIR = ""  # --trace: where profiler traces and optimized HLO go
 
 
 def timed(fn, *args) -> tuple[float, float]:
@@ -76,38 +80,55 @@ def model(tmole: TMoLEConfig | None, remat: str = "dots_saveable", base=None) ->
     return m
 
 
-def train_rows() -> list[tuple[str, float, float, float]]:
+def write_hlo(fn, name: str, *args) -> None:
+    """The optimized HLO of jitted ``fn`` on ``args``, for reading fusion names in the trace."""
+    text = fn.lower(*args).compile().as_text()
+    (Path(TRACE_DIR) / f"{name}.hlo.txt").write_text(text)
+
+
+TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8")
+
+
+def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float, float, float]]:
     rng = np.random.default_rng(0)
-    micro, length = 16, 512
-    ids = jnp.asarray(rng.integers(3, CFG.vocab_size, (micro, length)), jnp.int32)
-    answers = np.full((micro, length), -100)
-    answers[:, -64:] = np.asarray(ids)[:, -64:]
-    full = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "labels": ids,
-            "task_ids": jnp.asarray(rng.integers(3, 13, micro), jnp.int32)}
-    short = dict(full, labels=jnp.asarray(answers, jnp.int32))
+    length = 512
     rows = []
     shared_base = None
-    variants = [
-        ("forward only (hidden states)", TMoLEConfig(), None, None),
-        ("step: full-vocab CE at every position, dropout 0.1", TMoLEConfig(), full, 0),
-        ("step: CE at 64 answer positions", TMoLEConfig(), short, 64),
-        ("step: every position, dropout 0", TMoLEConfig(dropout=0.0), full, 0),
-        ("step: plain LoRA r16 (no router), every position", TMoLEConfig(enabled=False), full, 0),
-    ]
-    for name, tmole, batch, budget in variants:
-        m = model(tmole, base=shared_base)
+    # key: (row name, TMoLE, micro-batch, labels: "all" positions or the last 64 "answers", remat policy)
+    variants = {
+        "forward": ("forward only (hidden states)", TMoLEConfig(), 16, None, "dots_saveable"),
+        "full": ("step: full-vocab CE at every position, dropout 0.1", TMoLEConfig(), 16, "all", "dots_saveable"),
+        "answers": ("step: CE at 64 answer positions", TMoLEConfig(), 16, "answers", "dots_saveable"),
+        "no_dropout": ("step: every position, dropout 0", TMoLEConfig(dropout=0.0), 16, "all", "dots_saveable"),
+        "lora": ("step: plain LoRA r16 (no router), every position", TMoLEConfig(enabled=False), 16, "all",
+                 "dots_saveable"),
+        "no_remat_mb8": ("step: every position, no remat, micro-batch 8", TMoLEConfig(), 8, "all", "none"),
+    }
+    for key in names:
+        name, tmole, micro, labels, remat = variants[key]
+        ids = jnp.asarray(rng.integers(3, CFG.vocab_size, (micro, length)), jnp.int32)
+        answers = np.full((micro, length), -100)
+        answers[:, -64:] = np.asarray(ids)[:, -64:]
+        batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids),
+                 "labels": ids if labels == "all" else jnp.asarray(answers, jnp.int32),
+                 "task_ids": jnp.asarray(rng.integers(3, 13, micro), jnp.int32)}
+        m = model(tmole, remat=remat, base=shared_base)
         shared_base = nnx.state(m, BaseParam)
         parts = step_lib.ModelParts.of(m)
-        if batch is None:
+        if labels is None:
             fn = jax.jit(lambda p, b, i, t: parts.merge(p, b).hidden_states(i, task_ids=t))
-            first, median = timed(fn, parts.params, parts.base, ids, full["task_ids"])
+            first, median = timed(fn, parts.params, parts.base, ids, batch["task_ids"])
         else:
             optimizer = step_lib.make_optimizer(learning_rate=1e-4, total_steps=100, warmup_ratio=0.0,
                                                 weight_decay=0.0, grad_clip=1.0)
             state = step_lib.init_train_state(parts.params, optimizer)
-            opts = step_lib.StepOptions(answer_budget=budget)
+            opts = step_lib.StepOptions(answer_budget=64 if labels == "answers" else 0)
             fn = jax.jit(step_lib.make_train_step(parts, optimizer, opts))
             first, median = timed(fn, state, parts.base, None, batch, jax.random.key(0))
+            if TRACE_DIR and key == "full":
+                write_hlo(fn, "train_step", state, parts.base, None, batch, jax.random.key(0))
+                with jax.profiler.trace(str(Path(TRACE_DIR) / "train_step"), create_perfetto_trace=True):
+                    jax.block_until_ready(fn(state, parts.base, None, batch, jax.random.key(0)))
         rows.append((name, first, median, micro * length / median))
         del m, parts
     return rows
@@ -130,24 +151,29 @@ def decode_rows() -> list[tuple[str, float, float, float]]:
     rows.append(("prefill 128 x 256 (adapters)", first, median, batch * prompt / median))
     _, cache = jax.jit(prefill)(with_adapters, ids, mask)
     token, positions = ids[:, -1], jnp.full((batch,), prompt, jnp.int32)
-    step = jax.jit(lambda m, t, p, c: m.decode_step(t, p, c, task_ids=tasks), donate_argnums=3)
+    step = jax.jit(lambda m, t, p, c, layers: m.decode_step(t, p, c, layers=layers), donate_argnums=3)
+    slices = jax.jit(lambda m: m.layer_slices(tasks))
     for name, m in (("decode step (adapters)", with_adapters), ("decode step (no adapters)", without)):
+        layers = slices(m)
         c = jax.tree.map(jnp.copy, cache)
         start = time.perf_counter()
-        _, c = step(m, token, positions, c)
+        _, c = step(m, token, positions, c, layers)
         jax.block_until_ready(c)
         first = time.perf_counter() - start
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            _, c = step(m, token, positions, c)
+            _, c = step(m, token, positions, c, layers)
             jax.block_until_ready(c)
             times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        rows.append((name, first, median, batch / median))
-    read_only = jax.jit(lambda m, t, p, c: m.decode_step(t, p, c, task_ids=tasks)[0])
-    first, median = timed(read_only, with_adapters, token, positions, cache)
-    rows.append(("decode step, updated cache discarded (adapters)", first, median, batch / median))
+        rows.append((name, first, statistics.median(times), batch / statistics.median(times)))
+        if TRACE_DIR and m is with_adapters:
+            write_hlo(step, "decode_step", m, token, positions, c, layers)
+            with jax.profiler.trace(str(Path(TRACE_DIR) / "decode_step"), create_perfetto_trace=True):
+                for _ in range(3):
+                    _, c = step(m, token, positions, c, layers)
+                jax.block_until_ready(c)
+        del layers, c
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(with_adapters, BaseParam)))
     cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
     print(f"base weights {weights_bytes / 2**30:.1f} GiB, KV cache {cache_bytes / 2**30:.1f} GiB "
@@ -160,19 +186,31 @@ def main() -> None:
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--decode", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape with XLA attention: a CPU smoke test")
+    parser.add_argument("--train-variants", default=",".join(TRAIN_VARIANTS),
+                        help=f"comma-separated, of {', '.join(TRAIN_VARIANTS)}")
+    parser.add_argument("--trace", default="", help="write profiler traces and optimized HLO here, then "
+                        "summarize the device time per op (scripts/trace_summary.py)")
     args = parser.parse_args()
-    global CFG, ATTENTION
+    global CFG, ATTENTION, TRACE_DIR
     if args.tiny:
         CFG, ATTENTION = TINY, "xla"
+    TRACE_DIR = args.trace
+    if TRACE_DIR:
+        Path(TRACE_DIR).mkdir(parents=True, exist_ok=True)
     parts = [p for p, on in (("train", args.train), ("decode", args.decode)) if on] or ["train", "decode"]
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
     for part in parts:
-        rows = train_rows() if part == "train" else decode_rows()
+        rows = train_rows(tuple(args.train_variants.split(","))) if part == "train" else decode_rows()
         unit = "tokens/s" if part == "train" else "tokens/s (prefill) or new tokens/s"
         print(f"\n| {part} variant | first call s | median | {unit} |\n|---|---:|---:|---:|")
         for name, first, median, rate in rows:
             print(f"| {name} | {first:.1f} | {median * 1e3:.1f} ms | {rate:,.0f} |")
         sys.stdout.flush()
+    if TRACE_DIR:
+        for name in ("decode_step", "train_step"):
+            if (Path(TRACE_DIR) / name).is_dir():
+                print(f"\n{name}:")
+                trace_summary.print_summary(trace_summary.summarize(Path(TRACE_DIR) / name))
 
 
 if __name__ == "__main__":

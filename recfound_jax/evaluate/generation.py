@@ -2,7 +2,8 @@
 
 A batch of right-padded prompts is prefilled in one causal forward that fills the cache; then
 `Mistral.decode_step` adds one token a step, each row at its own position, inside a
-`jax.lax.while_loop` in the same jit. A row stops at its first EOS and emits pad from then on; the
+`jax.lax.while_loop` in the same jit; each layer's weights are sliced from the stacked arrays (and the
+router's gates computed) once before the loop. A row stops at its first EOS and emits pad from then on; the
 loop ends when every row is done or after ``max_new_tokens`` tokens.
 
 Shapes are bucketed so that a whole evaluation compiles a handful of times: prompt lengths are padded
@@ -74,6 +75,7 @@ def greedy_decode(
     token = jnp.where(active, jnp.argmax(last, axis=-1).astype(jnp.int32), pad_id)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
     done = ~active | (token == eos_id)
+    layers = model.layer_slices(task_ids)  # sliced and routed once, read by every step
 
     def cond(carry):
         i, _, _, done, _, _ = carry
@@ -81,7 +83,7 @@ def greedy_decode(
 
     def body(carry):
         i, token, positions, done, cache, out = carry
-        logits, cache = model.decode_step(token, positions, cache, task_ids=task_ids)
+        logits, cache = model.decode_step(token, positions, cache, layers=layers)
         token = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
         return i + 1, token, positions + 1, done | (token == eos_id), cache, out

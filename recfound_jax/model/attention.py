@@ -48,6 +48,23 @@ def attend(
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
+def attend_cache(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, mask: jax.Array) -> jax.Array:
+    """One query per row over a KV cache: q [B, 1, H, hd], caches [B, KV, S, hd], mask [B, 1, 1, S] -> [B, 1, H, hd].
+
+    Written as two batched contractions over the cache's own layout (batch and KV head leading, slots
+    then head_dim), so nothing is transposed or copied: a decode step reads the cache once. Query head h
+    uses KV head h // (H / KV), as HF's repeat_kv. Scores and softmax in float32.
+    """
+    batch, _, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bkgh,bksh->bkgs", grouped, k_cache, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores / jnp.sqrt(jnp.float32(head_dim)), jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("bkgs,bksh->bkgh", weights, v_cache)
+    return out.reshape(batch, 1, heads, head_dim)
+
+
 def attend_right_padded(
     q: jax.Array,
     k: jax.Array,

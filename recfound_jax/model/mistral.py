@@ -141,8 +141,10 @@ class DecoderStack(nnx.Module):
         return {name: getattr(self, name)[...] for name in names}
 
 
-# attend(q, k, v, cache_slice) -> (attention output, updated cache slice)
-AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+# attend(q, k, v) -> (attention output, anything the layer should return: new cache entries or None)
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+# One {"k", "v"} [B, KV heads, slots, head_dim] per layer.
+KVCache = tuple[dict[str, jax.Array], ...]
 
 
 class Mistral(nnx.Module):
@@ -212,17 +214,17 @@ class Mistral(nnx.Module):
             lengths = (jnp.full((batch,), length, jnp.int32) if attention_mask is None
                        else attention_mask.sum(-1).astype(jnp.int32))
 
-            def attend(q, k, v, _):
+            def attend(q, k, v):
                 return attention.attend_right_padded(
                     q, k, v, lengths, causal=causal, sliding_window=cfg.sliding_window, implementation="cudnn"), None
         else:
             mask = attention.full_sequence_mask(attention_mask, length, causal=causal,
                                                 sliding_window=cfg.sliding_window)
 
-            def attend(q, k, v, _):
+            def attend(q, k, v):
                 return attention.attend(q, k, v, mask), None
 
-        h, _ = self._run(input_ids, positions, attend, None, task_ids, dropout_key)
+        h, _ = self._run(input_ids, positions, attend, task_ids, dropout_key)
         return h
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -230,21 +232,27 @@ class Mistral(nnx.Module):
         return jnp.einsum("...d,vd->...v", hidden, self.lm_head[...].astype(hidden.dtype),
                           preferred_element_type=jnp.float32)
 
-    def init_cache(self, batch: int, length: int) -> dict[str, jax.Array]:
-        """An empty KV cache of ``length`` slots: {"k", "v"} [L, B, S, KV heads, head_dim]."""
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        """An empty KV cache of ``length`` slots: one {"k", "v"} [B, KV heads, S, head_dim] per layer.
+
+        One buffer per layer (not one stacked [L, ...] array) and heads before slots, so that a decode step
+        updates each buffer in place and reads it straight into attention, with no per-layer slice or
+        transpose copy of the cache.
+        """
         cfg = self.config
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+        shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+        return tuple({"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+                     for _ in range(cfg.num_layers))
 
     def prefill(
         self,
         input_ids: jax.Array,
         attention_mask: jax.Array | None,
-        cache: dict[str, jax.Array],
+        cache: KVCache,
         *,
         task_ids: jax.Array | None = None,
         logits_at: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    ) -> tuple[jax.Array, KVCache]:
         """Causal forward over right-padded prompts [B, T] that also fills cache slots [0, T).
 
         Returns (logits [B, T, V], cache), or with ``logits_at`` [B] only each row's logits at that
@@ -256,72 +264,96 @@ class Mistral(nnx.Module):
         mask = attention.full_sequence_mask(attention_mask, length, causal=True,
                                             sliding_window=self.config.sliding_window)
 
-        def attend(q, k, v, layer_cache):
-            ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(self.dtype), (0, 0, 0, 0))
-            cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(self.dtype), (0, 0, 0, 0))
-            return attention.attend(q, k, v, mask), {"k": ck, "v": cv}
+        def attend(q, k, v):
+            return attention.attend(q, k, v, mask), {"k": k.astype(self.dtype), "v": v.astype(self.dtype)}
 
-        h, cache = self._run(input_ids, positions, attend, cache, task_ids, None)
+        h, new_kv = self._run(input_ids, positions, attend, task_ids, None)
+        # new_kv: {"k", "v"} [L, B, T, KV, hd] from the layer scan, written into each layer's buffer.
+        cache = tuple({name: jax.lax.dynamic_update_slice(layer[name], new_kv[name][i].transpose(0, 2, 1, 3),
+                                                          (0, 0, 0, 0))
+                       for name in ("k", "v")} for i, layer in enumerate(cache))
         if logits_at is not None:
             h = jnp.take_along_axis(h, logits_at[:, None, None], axis=1)[:, 0]
         return self.logits(h), cache
+
+    def layer_slices(self, task_ids: jax.Array | None) -> tuple[dict[str, Any], ...]:
+        """Each layer's base and adapter weights (with the router's gates for ``task_ids``) as separate arrays.
+
+        `decode_step` runs the layers one by one on these. Computed once before a decoding loop, they are
+        sliced from the stacked weights once, rather than once a step, and the gates are routed once.
+        """
+        xs = self._layer_inputs(task_ids, None)
+        return tuple(jax.tree.map(lambda a, i=i: a[i], xs) for i in range(self.config.num_layers))
 
     def decode_step(
         self,
         tokens: jax.Array,
         positions: jax.Array,
-        cache: dict[str, jax.Array],
+        cache: KVCache,
         *,
         task_ids: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """One new token per row: tokens [B] at positions [B] (each row its own). Returns (logits [B, V], cache)."""
-        slots = cache["k"].shape[2]
-        mask = attention.decode_mask(positions, slots, sliding_window=self.config.sliding_window)
+        layers: tuple[dict[str, Any], ...] | None = None,
+    ) -> tuple[jax.Array, KVCache]:
+        """One new token per row: tokens [B] at positions [B] (each row its own). Returns (logits [B, V], cache).
 
-        def write(buf, new, pos):
-            return jax.lax.dynamic_update_slice(buf, new, (pos, 0, 0))
+        ``layers`` is `layer_slices(task_ids)`, computed once per decoding loop; by default it is made here.
+        The layers are unrolled (one token a row is all weight reads: a scan would slice every layer's
+        weights out of the stacked arrays again at every step) and each layer's cache is updated in place.
+        """
+        cfg = self.config
+        layers = self.layer_slices(task_ids) if layers is None else layers
+        rows = jnp.arange(tokens.shape[0])
+        mask = attention.decode_mask(positions, cache[0]["k"].shape[2], sliding_window=cfg.sliding_window)
+        h = self.embed[...][tokens[:, None]].astype(self.dtype)
+        cos, sin = rope_tables(positions[:, None], cfg.head_dim, cfg.rope_theta)
+        new_cache = []
+        for x, layer_cache in zip(layers, cache):
+            def attend(q, k, v, layer_cache=layer_cache):
+                ck = layer_cache["k"].at[rows, :, positions].set(k[:, 0].astype(self.dtype))
+                cv = layer_cache["v"].at[rows, :, positions].set(v[:, 0].astype(self.dtype))
+                return attention.attend_cache(q, ck, cv, mask), {"k": ck, "v": cv}
 
-        def attend(q, k, v, layer_cache):
-            ck = jax.vmap(write)(layer_cache["k"], k.astype(self.dtype), positions)
-            cv = jax.vmap(write)(layer_cache["v"], v.astype(self.dtype), positions)
-            return attention.attend(q, ck, cv, mask), {"k": ck, "v": cv}
-
-        h, cache = self._run(tokens[:, None], positions[:, None], attend, cache, task_ids, None)
-        return self.logits(h[:, 0]), cache
+            h, updated = _decoder_layer(h, x, cfg=cfg, tmole_cfg=self.tmole_config, cos=cos, sin=sin, attend=attend)
+            new_cache.append(updated)
+        h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+        return self.logits(h[:, 0]), tuple(new_cache)
 
     # ----------------------------------------------------------------------------------- the scan
+    def _layer_inputs(self, task_ids: jax.Array | None, dropout_key: jax.Array | None) -> dict[str, Any]:
+        """What each layer reads, stacked over layers: base weights, adapter banks and gates, dropout keys."""
+        xs: dict[str, Any] = {"base": self.layers.arrays()}
+        if self.adapters is not None:
+            gates = self.adapters.gates(task_ids)
+            xs["adapters"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": gates[t]}
+                              for t, bank in self.adapters.banks.items()}
+            if dropout_key is not None and self.tmole_config.dropout > 0:
+                xs["dropout"] = jax.random.split(dropout_key, self.config.num_layers)
+        return xs
+
     def _run(
         self,
         input_ids: jax.Array,
         positions: jax.Array,
         attend: AttendFn,
-        cache: dict[str, jax.Array] | None,
         task_ids: jax.Array | None,
         dropout_key: jax.Array | None,
-    ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    ) -> tuple[jax.Array, Any]:
+        """The layer scan: final-norm hidden states and whatever ``attend`` returned per layer, stacked."""
         cfg = self.config
         h = self.embed[...][input_ids].astype(self.dtype)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        xs: dict[str, Any] = {"base": self.layers.arrays()}
         tmole_cfg = self.tmole_config
-        if self.adapters is not None:
-            gates = self.adapters.gates(task_ids)
-            xs["adapters"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": gates[t]}
-                              for t, bank in self.adapters.banks.items()}
-            if dropout_key is not None and tmole_cfg.dropout > 0:
-                xs["dropout"] = jax.random.split(dropout_key, cfg.num_layers)
-        if cache is not None:
-            xs["cache"] = cache
 
         def layer(h, x):
             # Under a mesh, keep the residual stream split by sample (FSDP): otherwise XLA may shard a
             # GradCache chunk's loop axis instead and have every device compute the whole chunk.
-            h, new_cache = _decoder_layer(parallel.constrain(h, "residual"), x, cfg=cfg, tmole_cfg=tmole_cfg,
-                                          cos=cos, sin=sin, attend=attend)
-            return parallel.constrain(h, "residual"), new_cache
+            h, extra = _decoder_layer(parallel.constrain(h, "residual"), x, cfg=cfg, tmole_cfg=tmole_cfg,
+                                      cos=cos, sin=sin, attend=attend)
+            return parallel.constrain(h, "residual"), extra
 
-        h, new_cache = jax.lax.scan(remat_wrap(layer, self.remat), h, xs)
-        return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), new_cache
+        xs = self._layer_inputs(task_ids, dropout_key)
+        h, extra = jax.lax.scan(remat_wrap(layer, self.remat), h, xs)
+        return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), extra
 
 
 def _decoder_layer(
@@ -356,10 +388,10 @@ def _decoder_layer(
     k = project(normed, "k").reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
     v = project(normed, "v").reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    attn, new_cache = attend(q, k, v, x.get("cache"))
+    attn, extra = attend(q, k, v)
     attn = checkpoint_name(attn, "attention_out")
     h = h + project(attn.reshape(batch, length, cfg.q_dim), "o")
     normed = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps)
     hidden = jax.nn.silu(linear(normed, w["gate"])) * linear(normed, w["up"])
     h = h + linear(hidden, w["down"])
-    return h, new_cache
+    return h, extra
