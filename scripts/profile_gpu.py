@@ -7,13 +7,15 @@ forward alone; the full step as scripts/bench_gpu.py runs it (full-vocabulary CE
 dropout 0.1); with LM-head logits only at 64 answer positions; without dropout; plain LoRA
 (one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
 one decode step with adapters (layer slices and gates computed once, as `greedy_decode` does); without
-adapters. --trace DIR adds a profiler trace of three decode steps and of one full train step, their
-optimized HLO, and a table of device time per op kind and per op (scripts/trace_summary.py).
+adapters. --trace DIR adds, with CUDA graphs off, a profiler trace of one decode step, of the forward
+and of one full train step, their optimized HLO, and tables of device time per op kind and per op
+(scripts/trace_summary.py).
 Each row: median of 5 timed calls after one warm-up (compile) call.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import os
 import statistics
 import sys
@@ -26,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recfound_jax import distributed  # noqa: E402
 
 distributed.set_gpu_xla_flags()
+if "--trace" in sys.argv:  # one trace event per kernel, not one per CUDA graph (command buffer)
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -80,10 +84,15 @@ def model(tmole: TMoLEConfig | None, remat: str = "dots_saveable", base=None) ->
     return m
 
 
-def write_hlo(fn, name: str, *args) -> None:
-    """The optimized HLO of jitted ``fn`` on ``args``, for reading fusion names in the trace."""
-    text = fn.lower(*args).compile().as_text()
-    (Path(TRACE_DIR) / f"{name}.hlo.txt").write_text(text)
+def trace(name: str, fn, *args):
+    """Profile one call of ``fn`` into TRACE_DIR/name: the perfetto trace (copied to name.json.gz) and,
+    for a jitted ``fn``, its optimized HLO (name.hlo.txt) to read fusion names by. Returns the output."""
+    if hasattr(fn, "lower"):
+        (Path(TRACE_DIR) / f"{name}.hlo.txt").write_text(fn.lower(*args).compile().as_text())
+    with jax.profiler.trace(str(Path(TRACE_DIR) / name), create_perfetto_trace=True):
+        out = jax.block_until_ready(fn(*args))
+    shutil.copyfile(trace_summary.trace_file(Path(TRACE_DIR) / name), Path(TRACE_DIR) / f"{name}.json.gz")
+    return out
 
 
 TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8")
@@ -118,6 +127,8 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float
         if labels is None:
             fn = jax.jit(lambda p, b, i, t: parts.merge(p, b).hidden_states(i, task_ids=t))
             first, median = timed(fn, parts.params, parts.base, ids, batch["task_ids"])
+            if TRACE_DIR:
+                trace(f"train_{key}", fn, parts.params, parts.base, ids, batch["task_ids"])
         else:
             optimizer = step_lib.make_optimizer(learning_rate=1e-4, total_steps=100, warmup_ratio=0.0,
                                                 weight_decay=0.0, grad_clip=1.0)
@@ -126,9 +137,7 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float
             fn = jax.jit(step_lib.make_train_step(parts, optimizer, opts))
             first, median = timed(fn, state, parts.base, None, batch, jax.random.key(0))
             if TRACE_DIR and key == "full":
-                write_hlo(fn, "train_step", state, parts.base, None, batch, jax.random.key(0))
-                with jax.profiler.trace(str(Path(TRACE_DIR) / "train_step"), create_perfetto_trace=True):
-                    jax.block_until_ready(fn(state, parts.base, None, batch, jax.random.key(0)))
+                trace(f"train_{key}", fn, state, parts.base, None, batch, jax.random.key(0))
         rows.append((name, first, median, micro * length / median))
         del m, parts
     return rows
@@ -168,11 +177,7 @@ def decode_rows() -> list[tuple[str, float, float, float]]:
             times.append(time.perf_counter() - start)
         rows.append((name, first, statistics.median(times), batch / statistics.median(times)))
         if TRACE_DIR and m is with_adapters:
-            write_hlo(step, "decode_step", m, token, positions, c, layers)
-            with jax.profiler.trace(str(Path(TRACE_DIR) / "decode_step"), create_perfetto_trace=True):
-                for _ in range(3):
-                    _, c = step(m, token, positions, c, layers)
-                jax.block_until_ready(c)
+            c = trace("decode_step", lambda *a: step(*a)[1], m, token, positions, c, layers)
         del layers, c
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(with_adapters, BaseParam)))
     cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
@@ -207,7 +212,7 @@ def main() -> None:
             print(f"| {name} | {first:.1f} | {median * 1e3:.1f} ms | {rate:,.0f} |")
         sys.stdout.flush()
     if TRACE_DIR:
-        for name in ("decode_step", "train_step"):
+        for name in ("decode_step", "train_forward", "train_full"):
             if (Path(TRACE_DIR) / name).is_dir():
                 print(f"\n{name}:")
                 trace_summary.print_summary(trace_summary.summarize(Path(TRACE_DIR) / name))
