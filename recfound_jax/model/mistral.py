@@ -7,7 +7,10 @@ input axis), so loading a checkpoint is a straight copy with no transpose (model
 rotate-half layout, so HF q/k weights need no permutation.
 
 One call gives causal attention (generation) or bidirectional attention (embedding); a KV-cache path
-(`init_cache`, `prefill`, `decode_step`) gives the same logits as the full forward.
+(`init_cache`, `prefill`, `decode_step`) gives the same logits as the full forward. The prefill scans the
+layers like training does; a decode step (one token a row, so all weight reads) runs them unrolled over
+per-layer weight slices made once per decoding loop and per-layer caches updated in place: 3x faster on
+an H100 at the 7B shape than the scan, which copied each layer's weights and cache slice every step.
 """
 from __future__ import annotations
 
