@@ -1,7 +1,8 @@
 """The embedded demo: RecFound on the synthetic dataset, from a tiny base pretrained by recfound_jax.pretrain.
 
 Nothing is downloaded: the base (configs/demo_base.py) and the dataset are built once under
-$RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused. Runs on a laptop CPU in minutes.
+$RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused. The first run takes about 12 minutes on 2 CPU
+cores (base pretraining 3.5 minutes, 300 finetuning steps 8 minutes); later runs reuse the base.
 """
 from recfound_jax.config import base_config
 
@@ -17,9 +18,9 @@ def get_config():
     c.tmole.rank = 16
     c.tmole.alpha = 32.0
     c.tmole.task_embedding_dim = 64
-    c.train.steps = 200
+    c.train.steps = 300
     c.train.embedding_batch = 24
-    c.train.generative_batch = 20
+    c.train.generative_batch = 30
     c.train.learning_rate = 3e-3
     c.train.warmup_ratio = 0.05
     c.train.checkpoint_every = 50
