@@ -15,7 +15,7 @@ forward and backward at hidden 128), so ``seq_len * batch_size`` stays near 1k t
 Measured with this config on the idle 2-core CPU machine: 9.11M parameters, 263k corpus tokens (~2 epochs
 in 500 steps of 1,024 tokens), training loss 10.42 -> 0.35, held-out loss 10.43 -> 0.33, 205 s of
 training (0.41 s a step). Four layers rather than two (the layers cost little next to the LM head) and all
-200 train rows of each generative task took the finetuned demo from 7 to 11 tasks above chance.
+200 train rows of each generative task (with 400 finetuning steps) took the demo from 7 to 12 tasks above chance.
 """
 from ml_collections import ConfigDict
 
