@@ -15,8 +15,8 @@ Each row: median of 5 timed calls after one warm-up (compile) call.
 from __future__ import annotations
 
 import argparse
-import shutil
 import os
+import shutil
 import statistics
 import sys
 import time

@@ -59,7 +59,7 @@ def _grads_and_step(parts: step_lib.ModelParts, optimizer) -> callable:
     train_step = step_lib.make_train_step(parts, optimizer, OPTS)
 
     def fn(state, base, emb, gen, key):
-        k_emb, k_gen = jax.random.split(jax.random.fold_in(key, state["step"]))  # the step's own keys
+        k_emb, k_gen = jax.random.split(key)
         loss_emb, grads_emb = step_lib.embedding_loss_and_grads(parts, state["params"], base, emb, k_emb, OPTS)
         loss_gen, grads_gen = step_lib.generative_loss_and_grads(parts, state["params"], base, gen, k_gen, OPTS)
         return (loss_emb, loss_gen, grads_emb, grads_gen), *train_step(state, base, emb, gen, key)
@@ -75,22 +75,6 @@ def reference():
     optimizer = _optimizer()
     state = step_lib.init_train_state(parts.params, optimizer)
     return jax.device_get(jax.jit(_grads_and_step(parts, optimizer))(state, parts.base, emb, gen, jax.random.key(3)))
-
-
-def _assert_adam_step_close(params, ref_params, clipped_grads, lr: float = 1e-2) -> None:
-    """Params after one Adam step equal the reference wherever the gradient fixes the update.
-
-    Adam's first update is lr * g / (|g| + eps) with eps = 1e-8 on the clipped gradient g: where |g| is
-    near eps, float noise from another reduction order moves it by up to lr. There it must stay bounded.
-    """
-    counted = compared = 0
-    for new, ref, grad in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), jax.tree.leaves(clipped_grads)):
-        new, ref, grad = np.asarray(new), np.asarray(ref), np.asarray(grad)
-        determined = np.abs(grad) > 1e-6  # 100 eps
-        np.testing.assert_allclose(new[determined], ref[determined], rtol=1e-4, atol=1e-5)
-        assert np.all(np.abs(new - ref) <= 2.1 * lr), "an update larger than Adam's first step can make"
-        counted, compared = counted + grad.size, compared + determined.sum()
-    assert compared > 0.9 * counted
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
@@ -120,11 +104,7 @@ def test_sharded_step_equals_single_device(shape, reference):
     chex.assert_trees_all_close(host_grads[2:], ref_grads[2:], rtol=1e-4, atol=1e-4)  # gradients reach ~15
     for name in ("loss", "loss_emb", "loss_gen", "grad_norm"):
         np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=1e-5, err_msg=name)
-    host_state = jax.device_get(state)
-    chex.assert_trees_all_close(host_state["opt_state"], ref_state["opt_state"], rtol=1e-4, atol=1e-5)
-    clip = max(1.0, float(ref_metrics["grad_norm"]))  # grad_clip=1.0
-    clipped = jax.tree.map(lambda a, b: (a + b) / clip, ref_grads[2], ref_grads[3])
-    _assert_adam_step_close(host_state["params"], ref_state["params"], clipped)
+    chex.assert_trees_all_close(jax.device_get(state), ref_state, rtol=1e-4, atol=1e-5)
     # the updated state keeps the partition rules' shardings
     bank = lambda tree: tree["adapters"]["banks"]["q"]["a"][...]  # noqa: E731
     assert bank(state["params"]).sharding == bank(params).sharding

@@ -117,9 +117,7 @@ def test_step_trains_adapters_and_never_the_base():
     losses_seen = []
     for _ in range(5):
         state, metrics = train_step(state, parts.base, _emb_batch(), _gen_batch(), jax.random.key(1))
-        # InfoNCE at t=0.02 on a tiny model with lr 1e-2 oscillates from step to step; the
-        # cross-entropy falls steadily, so it is the signal that the adapters learn.
-        losses_seen.append(float(metrics["loss_gen"]))
+        losses_seen.append(float(metrics["loss"]))
         assert int(metrics["finite"]) == 1
     chex.assert_trees_all_equal(jax.tree.map(np.array, parts.base), base_before)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params_before, jax.tree.map(np.array, state["params"]))
