@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from recfound_jax.model.mistral import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
+from recfound_jax.model.tmole import DROPOUT_RNGS
 
 DTYPES = ("float32", "bfloat16")
 
@@ -40,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.rank = 16
     c.tmole.alpha = 64.0
     c.tmole.dropout = 0.1
+    c.tmole.dropout_rng = "threefry"  # "rbg": XLA's RngBitGenerator, cheaper on GPU (tmole.dropout_keep_mask)
     c.tmole.task_embedding_dim = 512
     c.tmole.router_hidden = ()
 
@@ -121,6 +123,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
                "generative tasks need at least one generative or shared expert")
     _check(t.rank > 0, "tmole.rank", f"must be > 0, got {t.rank}")
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
+    _check(t.get("dropout_rng", "threefry") in DROPOUT_RNGS, "tmole.dropout_rng",
+           f"{t.get('dropout_rng')!r} not in {DROPOUT_RNGS}")
     for key in ("query_len", "passage_len", "generative_len"):
         _check(c.data[key] >= 8, f"data.{key}", f"must be >= 8, got {c.data[key]}")
     max_positions = base_max_positions(c.model.base)

@@ -29,6 +29,7 @@ def tmole_config(c: ml_collections.ConfigDict) -> TMoLEConfig:
     t = c.tmole
     return TMoLEConfig(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
                        num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
+                       dropout_rng=t.get("dropout_rng", "threefry"),  # runs written before the option: threefry
                        task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
 
 
