@@ -33,3 +33,12 @@ def test_ablations_switch_off_what_their_names_say():
     for name, c in by_name.items():
         assert c.s2sched.enabled == ("no_s2sched" not in name), name
         assert c.tmole.enabled == ("no_tmole" not in name), name
+
+
+def test_unknown_dropout_rng_is_named():
+    c = config_lib.load_config_file(next(p for p in CONFIGS if p.name == "demo.py"))
+    c.tmole.dropout_rng = "philox"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.tmole\.dropout_rng: 'philox' not in"):
+        config_lib.validate(c, device_count=1)
+    c.tmole.dropout_rng = "rbg"
+    config_lib.validate(c, device_count=1)

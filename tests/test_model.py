@@ -13,7 +13,7 @@ from recfound_jax.data import tasks
 from recfound_jax.model import attention
 from recfound_jax.model.hf import folded_weights
 from recfound_jax.model.mistral import Mistral, MistralConfig
-from recfound_jax.model.tmole import TMoLEConfig, folded_delta
+from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, folded_delta
 
 CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rope_theta=1e4)
@@ -168,17 +168,43 @@ def test_forward_on_8_device_fsdp_mesh_equals_single_device():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_remat_policies_give_the_same_gradients():
-    model = Mistral(CFG, tmole=TMOLE, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("dropout_rng", ["threefry", "rbg"])
+def test_remat_policies_give_the_same_gradients(dropout_rng):
+    """With adapter dropout on: a rematerialised layer must draw the forward's masks again, bit for bit."""
+    tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.3, task_embedding_dim=16, dropout_rng=dropout_rng)
+    model = Mistral(CFG, tmole=tmole, rngs=nnx.Rngs(0))
     _randomise_b(model)
     ids, task_ids = _ids(), jnp.array([3, 4, 5])
+    key = jax.random.key(7)
     grads = {}
     for policy in ("none", "full", "dots_saveable", "save_attention_out"):
         model.remat = policy
 
         def loss(m):
-            return m(ids, task_ids=task_ids).mean()
+            return m(ids, task_ids=task_ids, dropout_key=key).mean()
 
         grads[policy] = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(model)
     for policy in ("full", "dots_saveable", "save_attention_out"):
         chex.assert_trees_all_close(grads[policy], grads["none"], atol=1e-6)
+
+
+@pytest.mark.parametrize("rng", ["threefry", "rbg"])
+def test_dropout_keep_mask_rate_and_determinism(rng):
+    key = jax.random.key(11)
+    mask = np.asarray(dropout_keep_mask(key, 0.9, (64, 512), rng))
+    assert mask.dtype == bool and mask.shape == (64, 512)
+    assert abs(mask.mean() - 0.9) < 0.005  # 32,768 draws: the standard error is 0.0017
+    np.testing.assert_array_equal(mask, np.asarray(dropout_keep_mask(key, 0.9, (64, 512), rng)))
+    other = np.asarray(dropout_keep_mask(jax.random.key(12), 0.9, (64, 512), rng))
+    assert (mask != other).mean() > 0.1  # another key, other masks (independent: 2 * 0.9 * 0.1 = 0.18)
+
+
+def test_rbg_masks_are_not_threefry_masks():
+    key = jax.random.key(11)
+    threefry, rbg = (np.asarray(dropout_keep_mask(key, 0.5, (4096,), r)) for r in ("threefry", "rbg"))
+    assert 0.4 < (threefry != rbg).mean() < 0.6
+
+
+def test_unknown_dropout_rng_is_refused():
+    with pytest.raises(ValueError, match="dropout_rng"):
+        TMoLEConfig(dropout_rng="philox")

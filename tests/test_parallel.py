@@ -1,6 +1,8 @@
 """Sharded training equals single-device training: loss, gradients and the updated state on 8 CPU devices."""
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,9 @@ OPTS = step_lib.StepOptions(gradcache_chunk=8, generative_micro_batch=8)
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2)]
 
 
-def _parts() -> step_lib.ModelParts:
-    model = Mistral(CFG, tmole=TMoLEConfig(rank=4, dropout=0.1, task_embedding_dim=16), rngs=nnx.Rngs(0))
+def _parts(dropout_rng: str = "threefry") -> step_lib.ModelParts:
+    model = Mistral(CFG, tmole=TMoLEConfig(rank=4, dropout=0.1, task_embedding_dim=16, dropout_rng=dropout_rng),
+                    rngs=nnx.Rngs(0))
     key = jax.random.key(1)
     for bank in model.adapters.banks.values():  # B starts at zero: make every gradient non-trivial
         key, sub = jax.random.split(key)
@@ -67,20 +70,23 @@ def _grads_and_step(parts: step_lib.ModelParts, optimizer) -> callable:
     return fn
 
 
-@pytest.fixture(scope="module")
-def reference():
+@functools.cache
+def _reference(dropout_rng: str):
     """Losses, gradients and one updated state on one device (no mesh)."""
-    parts = _parts()
+    parts = _parts(dropout_rng)
     emb, gen = _batches()
     optimizer = _optimizer()
     state = step_lib.init_train_state(parts.params, optimizer)
     return jax.device_get(jax.jit(_grads_and_step(parts, optimizer))(state, parts.base, emb, gen, jax.random.key(3)))
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
-def test_sharded_step_equals_single_device(shape, reference):
+# every mesh with Threefry dropout masks; RngBitGenerator's ("rbg") on the mesh that splits all three axes
+@pytest.mark.parametrize("shape,dropout_rng", [(m, "threefry") for m in MESHES] + [((2, 2, 2), "rbg")],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_sharded_step_equals_single_device(shape, dropout_rng):
+    reference = _reference(dropout_rng)
     mesh = parallel.make_mesh(shape)
-    parts = _parts()
+    parts = _parts(dropout_rng)
     params = jax.device_put(parts.params, parallel.state_shardings(parts.params, mesh))
     base = jax.device_put(parts.base, parallel.state_shardings(parts.base, mesh))
     parts = step_lib.ModelParts(parts.graphdef, params, base)

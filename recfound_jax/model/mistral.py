@@ -26,7 +26,7 @@ from recfound_jax import parallel
 from recfound_jax.model import attention
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, expert_delta
 
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_and_masks_saveable", "save_attention_out")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
@@ -107,10 +107,6 @@ def remat_wrap(fn: Callable, policy: str) -> Callable:
     policies = {
         "full": None,
         "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        # also keeps the adapter dropout masks (booleans) rather than drawing them again in the backward
-        "dots_and_masks_saveable": jax.checkpoint_policies.save_from_both_policies(
-            jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-            jax.checkpoint_policies.save_only_these_names("dropout_mask")),
         "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
     }
     if policy not in policies:

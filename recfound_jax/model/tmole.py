@@ -21,8 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax.ad_checkpoint import checkpoint_name
-
 from recfound_jax.data.tasks import TASK_TABLE_SIZE, TASKS
 
 TARGETS = ("q", "k", "v", "o")
@@ -164,9 +162,7 @@ def expert_delta(
     Computed in x's dtype; adapters are cast to it.
     """
     if dropout_key is not None and dropout_rate > 0.0:
-        # Named so that a remat policy can keep the mask instead of drawing it again in the backward.
-        keep = checkpoint_name(dropout_keep_mask(dropout_key, 1.0 - dropout_rate, x.shape, dropout_rng),
-                               "dropout_mask")
+        keep = dropout_keep_mask(dropout_key, 1.0 - dropout_rate, x.shape, dropout_rng)
         x = jnp.where(keep, x / (1.0 - dropout_rate), 0).astype(x.dtype)
     xa = jnp.einsum("btd,ndr->btnr", x, a.astype(x.dtype))
     xa = xa * (gate.astype(x.dtype) * scale)[:, None, :, None]
