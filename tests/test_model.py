@@ -186,6 +186,11 @@ def test_remat_policies_give_the_same_gradients(dropout_rng):
         grads[policy] = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(model)
     for policy in ("full", "dots_saveable", "save_attention_out"):
         chex.assert_trees_all_close(grads[policy], grads["none"], atol=1e-6)
+    model.remat = "none"
+    undropped = nnx.grad(lambda m: m(ids, task_ids=task_ids).mean(), argnums=nnx.DiffState(0, nnx.Param))(model)
+    bank_a = lambda g: np.asarray(g["adapters"]["banks"]["q"]["a"][...])  # noqa: E731
+    dropped, plain = bank_a(grads["none"]), bank_a(undropped)
+    assert np.abs(dropped - plain).max() > 0.1 * np.abs(plain).max()  # the masks are really applied
 
 
 @pytest.mark.parametrize("rng", ["threefry", "rbg"])
