@@ -5,7 +5,8 @@
 Train (512 tokens, micro-batch 16, dots_saveable, cuDNN, TMoLE 2/2/2 r16, random bf16 base): the
 forward alone; the full step as scripts/bench_gpu.py runs it (full-vocabulary CE at every position,
 dropout 0.1); with LM-head logits only at 64 answer positions; without dropout; plain LoRA
-(one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
+(one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs);
+the full step with the layers unrolled instead of scanned (no stacked residuals or weight slices). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
 one decode step with adapters (layer slices and gates computed once, as `greedy_decode` does); without
 adapters. --trace DIR adds, with CUDA graphs off, a profiler trace of one decode step, of the forward
 and of one full train step, their optimized HLO, and tables of device time per op kind and per op
@@ -95,7 +96,7 @@ def trace(name: str, fn, *args):
     return out
 
 
-TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8")
+TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8", "unrolled")
 
 
 def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float, float, float]]:
@@ -112,6 +113,7 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float
         "lora": ("step: plain LoRA r16 (no router), every position", TMoLEConfig(enabled=False), 16, "all",
                  "dots_saveable"),
         "no_remat_mb8": ("step: every position, no remat, micro-batch 8", TMoLEConfig(), 8, "all", "none"),
+        "unrolled": ("step: full, layers unrolled (no scan)", TMoLEConfig(), 16, "all", "dots_saveable"),
     }
     for key in names:
         name, tmole, micro, labels, remat = variants[key]
@@ -122,6 +124,7 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float
                  "labels": ids if labels == "all" else jnp.asarray(answers, jnp.int32),
                  "task_ids": jnp.asarray(rng.integers(3, 13, micro), jnp.int32)}
         m = model(tmole, remat=remat, base=shared_base)
+        m.scan_layers = key != "unrolled"
         shared_base = nnx.state(m, BaseParam)
         parts = step_lib.ModelParts.of(m)
         if labels is None:

@@ -213,3 +213,25 @@ def test_rbg_masks_are_not_threefry_masks():
 def test_unknown_dropout_rng_is_refused():
     with pytest.raises(ValueError, match="dropout_rng"):
         TMoLEConfig(dropout_rng="philox")
+
+
+def test_unrolled_layers_equal_the_scan():
+    """scan_layers=False (a Python loop over layers) computes what the layer scan does: loss and gradients
+    with dropout under remat, and the per-layer KV caches prefill writes."""
+    tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.2, task_embedding_dim=16)
+    model = Mistral(CFG, tmole=tmole, remat="dots_saveable", rngs=nnx.Rngs(0))
+    _randomise_b(model)
+    ids, task_ids = _ids(), jnp.array([3, 4, 5])
+
+    def loss(m):
+        return m(ids, task_ids=task_ids, dropout_key=jax.random.key(5)).mean()
+
+    def prefill(m):
+        return m.prefill(ids, jnp.ones_like(ids), m.init_cache(3, 16), task_ids=task_ids,
+                         logits_at=jnp.full((3,), 9))
+
+    results = {}
+    for scan in (True, False):
+        model.scan_layers = scan
+        results[scan] = (loss(model), nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(model), prefill(model))
+    chex.assert_trees_all_close(results[False], results[True], atol=1e-6)

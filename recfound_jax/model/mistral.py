@@ -162,6 +162,7 @@ class Mistral(nnx.Module):
         dtype: Any = jnp.float32,
         remat: str = "none",
         attention_impl: str = "xla",
+        scan_layers: bool = True,
         rngs: nnx.Rngs,
     ):
         if remat not in REMAT_POLICIES:
@@ -173,6 +174,7 @@ class Mistral(nnx.Module):
         self.dtype = jnp.dtype(dtype)
         self.remat = remat
         self.attention_impl = attention_impl
+        self.scan_layers = scan_layers  # False: a Python loop over layers (one compiled copy per layer)
         d, v = config.hidden_size, config.vocab_size
         self.embed = BaseParam((0.02 * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(param_dtype))
         self.layers = DecoderStack(config, param_dtype=param_dtype, rngs=rngs)
@@ -355,7 +357,15 @@ class Mistral(nnx.Module):
             return parallel.constrain(h, "residual"), extra
 
         xs = self._layer_inputs(task_ids, dropout_key)
-        h, extra = jax.lax.scan(remat_wrap(layer, self.remat), h, xs)
+        step = remat_wrap(layer, self.remat)
+        if self.scan_layers:
+            h, extra = jax.lax.scan(step, h, xs)
+        else:  # no stacked residuals and no per-iteration weight slices, at the price of a longer compile
+            extras = []
+            for i in range(cfg.num_layers):
+                h, e = step(h, jax.tree.map(lambda a: a[i], xs))
+                extras.append(e)
+            extra = jax.tree.map(lambda *e: jnp.stack(e), *extras)
         return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), extra
 
 
