@@ -123,8 +123,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
                "generative tasks need at least one generative or shared expert")
     _check(t.rank > 0, "tmole.rank", f"must be > 0, got {t.rank}")
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
-    _check(t.get("dropout_rng", "threefry") in DROPOUT_RNGS, "tmole.dropout_rng",
-           f"{t.get('dropout_rng')!r} not in {DROPOUT_RNGS}")
+    _check(t.dropout_rng in DROPOUT_RNGS, "tmole.dropout_rng", f"{t.dropout_rng!r} not in {DROPOUT_RNGS}")
     for key in ("query_len", "passage_len", "generative_len"):
         _check(c.data[key] >= 8, f"data.{key}", f"must be >= 8, got {c.data[key]}")
     max_positions = base_max_positions(c.model.base)
