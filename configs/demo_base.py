@@ -55,6 +55,23 @@ def get_config() -> ConfigDict:
     config.train.seed = 0
     config.train.log_every = 10
 
+    # The instruction stage (recfound_jax.instruct): after the causal-LM stage, every weight trained on the
+    # answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
+    # finetuning's attention adapters alone do not learn AP's and PRP's comparisons in the demo's steps.
+    config.instruct = ConfigDict()
+    config.instruct.tasks = ("AP", "PRP")  # generative tasks' short names; () turns the stage off
+    config.instruct.rows_per_task = 3000
+    config.instruct.steps = 400
+    config.instruct.batch_size = 32
+    config.instruct.learning_rate = 1e-3
+    config.instruct.warmup_steps = 20
+    config.instruct.decay = "cosine"
+    config.instruct.end_lr_fraction = 0.1
+    config.instruct.weight_decay = 0.01
+    config.instruct.grad_clip = 1.0
+    config.instruct.seed = 0
+    config.instruct.log_every = 10
+
     # Empty: the cached base of ensure_base ($RECFOUND_CACHE or ~/.cache/recfound_jax).
     config.output_dir = ""
     return config

@@ -3,7 +3,9 @@
 The corpus (synthetic.pretraining_corpus, optionally plus train-split generative rows as "prompt\\nanswer")
 is tokenized with the real Mistral v3 tokenizer, each document wrapped in BOS/EOS, shuffled and packed
 into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained with AdamW (warmup,
-then cosine or linear decay) in one jitted functional step. The result is a HF Mistral directory
+then cosine or linear decay) in one jitted functional step. When ``config.instruct.tasks`` names tasks,
+an instruction stage follows (`recfound_jax.instruct`): every weight trained on the answer tokens of
+fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
 (`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
 renamed into place, so a directory holding the completion marker is always whole.
 
@@ -29,8 +31,9 @@ from tqdm.auto import tqdm
 
 from recfound_jax import config as config_lib
 from recfound_jax.atomic_dir import build_dir_atomically
-from recfound_jax.data import synthetic
-from recfound_jax.data.tasks import GENERATIVE_TASKS
+from recfound_jax import instruct
+from recfound_jax.data import synthetic, synthetic_world
+from recfound_jax.data.tasks import BY_SHORT, GENERATIVE_TASKS
 from recfound_jax.model.hf import save_hf
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
@@ -79,19 +82,46 @@ def validate_config(config: ConfigDict) -> None:
         _require(int(t[key]) > 0, f"train.{key}", f"must be positive, got {t[key]}")
     _require(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
              f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
-    _require(t.learning_rate > 0, "train.learning_rate", "must be positive")
-    _require(0 <= t.warmup_steps < t.steps, "train.warmup_steps", f"must be in [0, train.steps={t.steps})")
-    _require(t.decay in DECAYS, "train.decay", f"must be one of {DECAYS}, got {t.decay!r}")
-    _require(0.0 <= t.end_lr_fraction <= 1.0, "train.end_lr_fraction", "must be in [0, 1]")
-    _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    _require(t.grad_clip > 0, "train.grad_clip", "must be positive")
+    _validate_optimizer(t, "train")
+    if config.get("instruct") is not None:
+        _validate_instruct(config.instruct)
+
+
+def _validate_optimizer(t: ConfigDict, section: str) -> None:
+    _require(t.learning_rate > 0, f"{section}.learning_rate", "must be positive")
+    _require(0 <= t.warmup_steps < t.steps, f"{section}.warmup_steps", f"must be in [0, {section}.steps={t.steps})")
+    _require(t.decay in DECAYS, f"{section}.decay", f"must be one of {DECAYS}, got {t.decay!r}")
+    _require(0.0 <= t.end_lr_fraction <= 1.0, f"{section}.end_lr_fraction", "must be in [0, 1]")
+    _require(t.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0")
+    _require(t.grad_clip > 0, f"{section}.grad_clip", "must be positive")
+
+
+def _validate_instruct(t: ConfigDict) -> None:
+    """The instruction stage: an empty task list turns it off; otherwise every key is checked."""
+    if not t.tasks:
+        return
+    generative = [task.short for task in GENERATIVE_TASKS]
+    for short in t.tasks:
+        _require(short in generative, "instruct.tasks", f"{short!r} is not a generative task's short name {generative}")
+    for key in ("rows_per_task", "steps", "batch_size", "log_every"):
+        _require(int(t[key]) > 0, f"instruct.{key}", f"must be positive, got {t[key]}")
+    _require(t.rows_per_task * len(t.tasks) >= t.batch_size, "instruct.rows_per_task",
+             f"{t.rows_per_task} rows of {len(t.tasks)} tasks do not fill one batch of instruct.batch_size={t.batch_size}")
+    _validate_optimizer(t, "instruct")
 
 
 def config_hash(config: ConfigDict) -> str:
-    """A short hash of everything that decides the trained weights (model, data, train) and the recipe version."""
+    """A short hash of everything that decides the trained weights (model, data, train, instruct) and the recipe version."""
     keyed = {"version": PRETRAIN_VERSION, "model": config.model.to_dict(), "data": config.data.to_dict(),
              "train": config.train.to_dict()}
+    if instruct_enabled(config):
+        keyed["instruct"] = config.instruct.to_dict()
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def instruct_enabled(config: ConfigDict) -> bool:
+    """Whether ``config`` has an instruction stage (a config.instruct section naming tasks)."""
+    return config.get("instruct") is not None and bool(config.instruct.tasks)
 
 
 # ----------------------------------------------------------------------------------- data
@@ -141,9 +171,12 @@ def batch_stream(token_docs: Sequence[np.ndarray], seq_len: int, batch_size: int
 
 
 # ----------------------------------------------------------------------------------- optimisation
-def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
-    """Linear warmup to train.learning_rate, then cosine or linear decay to end_lr_fraction of it."""
-    t = config.train
+def learning_rate_schedule(t: ConfigDict) -> optax.Schedule:
+    """Linear warmup to ``t.learning_rate``, then cosine or linear decay to end_lr_fraction of it.
+
+    ``t`` is a stage's section (config.train or config.instruct): learning_rate, warmup_steps, steps,
+    decay, end_lr_fraction.
+    """
     peak, end = t.learning_rate, t.learning_rate * t.end_lr_fraction
     decay_steps = t.steps - t.warmup_steps
     if t.decay == "cosine":
@@ -154,15 +187,17 @@ def learning_rate_schedule(config: ConfigDict) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [t.warmup_steps])
 
 
-def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW; weight decay on matrices only (norm scales are not decayed)."""
+def make_optimizer(t: ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW; weight decay on matrices only (norm scales are not decayed).
+
+    ``t`` is a stage's section, as for `learning_rate_schedule`, plus weight_decay and grad_clip.
+    """
     def matrices(params):
         return jax.tree.map(lambda x: x.ndim >= 2, params)
 
     return optax.chain(
-        optax.clip_by_global_norm(config.train.grad_clip),
-        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95,
-                    weight_decay=config.train.weight_decay, mask=matrices))
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(learning_rate_schedule(t), b1=0.9, b2=0.95, weight_decay=t.weight_decay, mask=matrices))
 
 
 def lm_loss(model: Mistral, tokens: jax.Array) -> jax.Array:
@@ -200,6 +235,30 @@ def held_out_loss(eval_fn: Callable, params: nnx.State, windows: np.ndarray, bat
     return float(jnp.mean(jnp.stack(losses)))
 
 
+def run_steps(step_fn: Callable, params: nnx.State, opt_state: optax.OptState, batches: Iterator[tuple],
+              t: ConfigDict, desc: str, progress: bool = True) -> tuple[nnx.State, optax.OptState, list[dict]]:
+    """``t.steps`` calls of step_fn(params, opt_state, *batch) -> (params, opt_state, loss), one batch each.
+
+    Returns the state and the log: the mean loss of every span of ``t.log_every`` steps (and of step 1),
+    with the learning rate and the seconds since the start. A non-finite mean stops the run.
+    """
+    schedule = learning_rate_schedule(t)
+    log, pending, start = [], [], time.perf_counter()
+    bar = tqdm(range(1, t.steps + 1), desc=desc, disable=not progress)
+    for step in bar:
+        params, opt_state, loss = step_fn(params, opt_state, *next(batches))
+        pending.append(loss)
+        if step == 1 or step % t.log_every == 0 or step == t.steps:
+            mean = float(jnp.mean(jnp.stack(pending)))
+            if not np.isfinite(mean):
+                raise FloatingPointError(f"{desc} loss is {mean} at step {step}")
+            log.append({"step": step, "loss": mean, "learning_rate": float(schedule(step - 1)),
+                        "elapsed_s": round(time.perf_counter() - start, 3)})
+            bar.set_postfix(loss=f"{mean:.3f}")
+            pending = []
+    return params, opt_state, log
+
+
 def train(model: Mistral, config: ConfigDict, batches: Iterator[np.ndarray], *,
           held_out: np.ndarray | None = None, progress: bool = True) -> dict:
     """Train every BaseParam of ``model`` in place for train.steps.
@@ -208,33 +267,65 @@ def train(model: Mistral, config: ConfigDict, batches: Iterator[np.ndarray], *,
     loss on ``held_out`` windows before and after training (None without them)}.
     """
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
-    tx = make_optimizer(config)
-    opt_state = tx.init(params)
+    t = config.train
+    tx = make_optimizer(t)
     step_fn = make_train_step(graphdef, rest, tx)
     eval_fn = make_eval_fn(graphdef, rest)
-    schedule = learning_rate_schedule(config)
-    t = config.train
     use_held_out = held_out is not None and len(held_out) >= t.batch_size
     before = held_out_loss(eval_fn, params, held_out, t.batch_size) if use_held_out else None
-    log, pending, start = [], [], time.perf_counter()
-    bar = tqdm(range(1, t.steps + 1), desc="pretrain", disable=not progress)
-    for step in bar:
-        params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(next(batches)))
-        pending.append(loss)
-        if step == 1 or step % t.log_every == 0 or step == t.steps:
-            mean = float(jnp.mean(jnp.stack(pending)))
-            if not np.isfinite(mean):
-                raise FloatingPointError(f"pretraining loss is {mean} at step {step}")
-            log.append({"step": step, "loss": mean, "learning_rate": float(schedule(step - 1)),
-                        "elapsed_s": round(time.perf_counter() - start, 3)})
-            bar.set_postfix(loss=f"{mean:.3f}")
-            pending = []
+    params, _, log = run_steps(step_fn, params, tx.init(params), ((jnp.asarray(b),) for b in batches), t,
+                               "pretrain", progress)
     after = held_out_loss(eval_fn, params, held_out, t.batch_size) if use_held_out else None
     nnx.update(model, params)
     return {"log": log, "valid_loss_before": before, "valid_loss_after": after}
 
 
+def instruct_train(model: Mistral, t: ConfigDict, rows: instruct.AnswerRows, valid: dict[str, instruct.AnswerRows],
+                   *, progress: bool = True) -> dict:
+    """Train every BaseParam of ``model`` in place on the answer tokens of ``rows`` for ``t.steps`` (config.instruct).
+
+    Returns {"log", "valid_before"/"valid_after": `instruct.held_out` of each task's ``valid`` rows}.
+    """
+    graphdef, params, rest = nnx.split(model, BaseParam, ...)
+    tx = make_optimizer(t)
+    step_fn = instruct.make_train_step(graphdef, rest, tx)
+    eval_fn = instruct.make_eval_fn(graphdef, rest)
+    evaluate = lambda p: {task: instruct.held_out(eval_fn, p, r, t.batch_size) for task, r in valid.items()}
+    before = evaluate(params)
+    params, _, log = run_steps(step_fn, params, tx.init(params), instruct.batches(rows, t.batch_size, t.seed), t,
+                               "instruct", progress)
+    nnx.update(model, params)
+    return {"log": log, "valid_before": before, "valid_after": evaluate(params)}
+
+
 # ----------------------------------------------------------------------------------- entry points
+def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, tokenizer: Tokenizer,
+                       progress: bool = True) -> dict:
+    """The instruction stage of `recfound_jax.instruct` on ``model``, in place; returns its summary for the log.
+
+    Rows: instruct.rows_per_task fresh train-side rows of each of instruct.tasks
+    (`synthetic.extra_train_rows`); held out: every valid row of those tasks in ``data_dir``.
+    """
+    t = config.instruct
+    world = synthetic_world.build_world(config.data.scale, config.data.seed)
+    pairs = [tuple(row["text"]) for short in t.tasks
+             for row in synthetic.extra_train_rows(world, short, t.rows_per_task, t.seed)]
+    valid_pairs = {}
+    for short in t.tasks:
+        with open(data_dir / "valid" / f"{BY_SHORT[short].name}.jsonl", encoding="utf-8") as f:
+            valid_pairs[short] = [tuple(json.loads(line)["text"]) for line in f]
+    length, slots = instruct.sizes(tokenizer, pairs + [p for v in valid_pairs.values() for p in v])
+    limit = config.model.max_position_embeddings
+    _require(length <= limit, "instruct.tasks", f"their rows need {length} tokens, more than "
+             f"model.max_position_embeddings={limit}")
+    rows = instruct.encode_rows(tokenizer, pairs, length, slots)
+    valid = {short: instruct.encode_rows(tokenizer, v, length, slots) for short, v in valid_pairs.items()}
+    begin = time.perf_counter()
+    result = instruct_train(model, t, rows, valid, progress=progress)
+    return {"rows": len(rows), "row_length": length, "answer_slots": slots,
+            "train_seconds": round(time.perf_counter() - begin, 2), **result}
+
+
 def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool) -> None:
     begin = time.perf_counter()
     tokenizer = Tokenizer()
@@ -253,6 +344,7 @@ def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool
     train_begin = time.perf_counter()
     result = train(model, config, batches, held_out=held_out, progress=progress)
     train_seconds = time.perf_counter() - train_begin
+    instruct_summary = run_instruct_stage(model, config, data_dir, tokenizer, progress) if instruct_enabled(config) else None
     save_hf(model, target)
     shutil.copyfile(default_tokenizer_path(), target / "tokenizer.model")
     log = result["log"]
@@ -263,7 +355,7 @@ def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool
         "initial_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
         "valid_loss_before": result["valid_loss_before"], "valid_loss_after": result["valid_loss_after"],
         "train_seconds": round(train_seconds, 2), "total_seconds": round(time.perf_counter() - begin, 2),
-        "log": log,
+        "log": log, "instruct": instruct_summary,
     }
     (target / LOG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (target / MARKER).write_text(config_hash(config) + "\n", encoding="utf-8")
@@ -324,6 +416,12 @@ def main(argv: Sequence[str]) -> None:
           f"in {summary['train_seconds']:.0f} s of training ({summary['total_seconds']:.0f} s in all)")
     if summary["valid_loss_after"] is not None:
         print(f"held-out (valid) loss {summary['valid_loss_before']:.3f} -> {summary['valid_loss_after']:.3f}")
+    if summary.get("instruct"):
+        before, after = summary["instruct"]["valid_before"], summary["instruct"]["valid_after"]
+        for task in after:
+            print(f"instruction stage, {task} valid: answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
+                  f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
+                  f"{after[task]['first_token_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ def load_config_file():
 def tiny_config():
     config = load_config_file()
     config.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
-                        head_dim=8, max_position_embeddings=64)
+                        head_dim=8, max_position_embeddings=192)  # the instruction rows need 160 positions
     config.data.update(generative_rows_per_task=2, eval_rows_per_task=1)
     config.train.update(seq_len=32, batch_size=4, steps=5, warmup_steps=1, log_every=1)
+    config.instruct.update(rows_per_task=3, steps=3, batch_size=4, warmup_steps=1, log_every=1)
     return config
 
 
@@ -52,7 +53,10 @@ def test_default_config_is_valid_and_fits_the_tokenizer():
 
 
 @pytest.mark.parametrize("key, value", [("train.seq_len", 1000), ("model.vocab_size", 32000),
-                                        ("model.num_kv_heads", 3), ("train.decay", "step")])
+                                        ("model.num_kv_heads", 3), ("train.decay", "step"),
+                                        ("instruct.tasks", ("AP", "U2I")), ("instruct.tasks", ("XX",)),
+                                        ("instruct.warmup_steps", 400), ("instruct.rows_per_task", 0),
+                                        ("instruct.decay", "step")])
 def test_validate_config_names_the_bad_key(key, value):
     config = load_config_file()
     section, name = key.split(".")
@@ -75,7 +79,7 @@ def test_pack_windows_cut_one_shuffled_stream():
 def test_schedule_warms_up_then_decays_to_the_end_fraction():
     config = load_config_file()
     t = config.train
-    schedule = pt.learning_rate_schedule(config)
+    schedule = pt.learning_rate_schedule(config.train)
     assert float(schedule(0)) == pytest.approx(0.0)
     assert float(schedule(t.warmup_steps)) == pytest.approx(t.learning_rate, rel=1e-5)
     assert float(schedule(t.steps)) == pytest.approx(t.learning_rate * t.end_lr_fraction, rel=1e-4)
@@ -91,7 +95,7 @@ def test_loss_starts_at_uniform_and_falls_on_a_fixed_batch(built):
     batch = jnp.asarray(next(pt.batch_stream(docs, 32, 4, seed=0)))
     model = Mistral(pt.model_config(config), rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
-    tx = pt.make_optimizer(config)
+    tx = pt.make_optimizer(config.train)
     opt_state = tx.init(params)
     step = pt.make_train_step(graphdef, rest, tx)
     losses = []
@@ -113,6 +117,12 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     assert len(losses) == 5 and np.all(np.isfinite(losses))
     assert summary["final_loss"] < summary["initial_loss"]
     assert np.isfinite(summary["valid_loss_after"]) and summary["valid_loss_after"] < summary["valid_loss_before"]
+    stage = summary["instruct"]
+    assert stage["rows"] == 3 * 2 and [entry["step"] for entry in stage["log"]] == [1, 2, 3]
+    assert stage["row_length"] <= 192 and stage["answer_slots"] == 2  # one answer token and EOS
+    for held_out in (stage["valid_before"], stage["valid_after"]):
+        assert set(held_out) == {"AP", "PRP"}
+        assert all(np.isfinite(v["loss"]) and 0.0 <= v["first_token_accuracy"] <= 1.0 for v in held_out.values())
 
     ids = np.array([Tokenizer().encode("Acme red steel kettle. Category: Kitchen.", add_bos=True)])
     ours = np.asarray(load_hf(path)(jnp.asarray(ids)))
@@ -137,6 +147,25 @@ def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
     changed = tiny_config()
     changed.train.steps = 6
     assert pt.base_dir(changed, cache) != path
+    changed = tiny_config()
+    changed.instruct.steps = 4
+    assert pt.base_dir(changed, cache) != path
+
+
+def test_an_empty_task_list_turns_the_instruction_stage_off(built, tmp_path):
+    config = tiny_config()
+    config.instruct.tasks = ()
+    without_section = tiny_config()
+    del without_section["instruct"]
+    assert pt.config_hash(config) == pt.config_hash(without_section) != pt.config_hash(tiny_config())
+    data = config_lib.synthetic_dir(config.data.scale, config.data.seed, built[0])
+    path = pt.pretrain(config, tmp_path / "base", data_dir=data, progress=False)
+    summary = json.loads((path / pt.LOG_FILE).read_text())
+    assert summary["instruct"] is None
+    # the same causal-LM stage, loss for loss; the instruction stage is what tells the two bases apart
+    staged = json.loads((built[1] / pt.LOG_FILE).read_text())
+    assert [e["loss"] for e in summary["log"]] == [e["loss"] for e in staged["log"]]
+    assert not np.allclose(np.asarray(load_hf(path).embed[...]), np.asarray(load_hf(built[1]).embed[...]))
 
 
 def test_a_crash_leaves_no_half_written_base(tmp_path, monkeypatch):

@@ -315,3 +315,32 @@ def test_expected_random_ndcg_matches_simulation():
     discounts = 1 / np.log2(np.arange(n_total) + 2)
     sims = [discounts[rng.permutation(n_total)[:n_pos]].sum() / discounts[:n_pos].sum() for _ in range(20000)]
     np.testing.assert_allclose(syn.expected_random_ndcg(n_pos, n_total), np.mean(sims), atol=3e-3)
+
+
+# ---- extra train-side rows (the demo base's instruction data) -----------------------------------------
+
+def _contains_run(sequence: list[str], run: list[str]) -> bool:
+    return any(sequence[i:i + len(run)] == run for i in range(len(sequence) - len(run) + 1))
+
+
+def test_extra_train_rows_are_seeded_fresh_and_from_train_users(world, data_dir):
+    extra = syn.extra_train_rows(world, "SR", 40, seed=0)
+    assert extra == syn.extra_train_rows(world, "SR", 40, seed=0)
+    assert extra != syn.extra_train_rows(world, "SR", 40, seed=1)
+    assert len(extra) == 40 and all(row["task"] == BY_SHORT["SR"].name for row in extra)
+    assert extra != _rows(data_dir, "train", "SR")[:40]
+    train_histories = [[it.title for it in user.purchases] for user in world.user_split["train"]]
+    held_out = [[it.title for it in user.purchases] for split in ("valid", "test") for user in world.user_split[split]]
+    for row in extra:
+        history = [line.split(": ", 1)[1] for line in _input(row["text"][0]).split("\n")]
+        assert any(_contains_run(titles, history) for titles in train_histories), history
+    # the check has teeth: a valid user's history is found among the held-out users, not among the train ones
+    valid_row = _rows(data_dir, "valid", "SR")[0]
+    valid_history = [line.split(": ", 1)[1] for line in _input(valid_row["text"][0]).split("\n")]
+    assert any(_contains_run(titles, valid_history) for titles in held_out)
+    assert not any(_contains_run(titles, valid_history) for titles in train_histories)
+
+
+def test_extra_train_rows_refuse_an_embedding_task(world):
+    with pytest.raises(ValueError, match="U2I is an embedding task"):
+        syn.extra_train_rows(world, "U2I", 4, seed=0)

@@ -591,6 +591,16 @@ def build_rows(world: sw.World) -> dict[str, dict[str, list[Row]]]:
     return rows
 
 
+def extra_train_rows(world: sw.World, short: str, n: int, seed: int) -> list[Row]:
+    """``n`` more rows of generative task ``short`` drawn as the train split's are (train users, the catalog),
+    from a stream of their own: the demo base's instruction data (recfound_jax.pretrain), never a valid
+    or test user's row."""
+    task = BY_SHORT[short]
+    if task.is_embedding:
+        raise ValueError(f"{short} is an embedding task; extra rows are drawn for generative tasks only")
+    return WRITERS[short](world, "train", n, np.random.default_rng([world.seed, 100, seed, task.id]))
+
+
 def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
