@@ -59,9 +59,9 @@ def get_config() -> ConfigDict:
     # answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
     # finetuning's attention adapters alone do not learn AP's and PRP's comparisons in the demo's steps.
     config.instruct = ConfigDict()
-    config.instruct.tasks = ("AP", "PRP")  # generative tasks' short names; () turns the stage off
-    config.instruct.rows_per_task = 3000
-    config.instruct.steps = 400
+    # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
+    config.instruct.rows = {"AP": 3000, "PRP": 12000, "SA": 1500}
+    config.instruct.steps = 600
     config.instruct.batch_size = 32
     config.instruct.learning_rate = 1e-3
     config.instruct.warmup_steps = 20

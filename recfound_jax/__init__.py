@@ -4,5 +4,14 @@ from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.tokenizer import Tokenizer
 
-__all__ = ["Mistral", "MistralConfig", "TMoLEConfig", "Tokenizer", "load_hf", "save_hf"]
+__all__ = ["Mistral", "MistralConfig", "RecFound", "TMoLEConfig", "Tokenizer", "load_hf", "save_hf"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``recfound_jax.RecFound``, imported on first use (the inference API pulls in evaluation and data code)."""
+    if name == "RecFound":
+        from recfound_jax.inference import RecFound
+
+        return RecFound
+    raise AttributeError(f"module 'recfound_jax' has no attribute {name!r}")

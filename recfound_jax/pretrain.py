@@ -3,7 +3,7 @@
 The corpus (synthetic.pretraining_corpus, optionally plus train-split generative rows as "prompt\\nanswer")
 is tokenized with the real Mistral v3 tokenizer, each document wrapped in BOS/EOS, shuffled and packed
 into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained with AdamW (warmup,
-then cosine or linear decay) in one jitted functional step. When ``config.instruct.tasks`` names tasks,
+then cosine or linear decay) in one jitted functional step. When ``config.instruct.rows`` names tasks,
 an instruction stage follows (`recfound_jax.instruct`): every weight trained on the answer tokens of
 fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
 (`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
@@ -97,16 +97,17 @@ def _validate_optimizer(t: ConfigDict, section: str) -> None:
 
 
 def _validate_instruct(t: ConfigDict) -> None:
-    """The instruction stage: an empty task list turns it off; otherwise every key is checked."""
-    if not t.tasks:
+    """The instruction stage: an empty instruct.rows turns it off; otherwise every key is checked."""
+    if not t.rows:
         return
     generative = [task.short for task in GENERATIVE_TASKS]
-    for short in t.tasks:
-        _require(short in generative, "instruct.tasks", f"{short!r} is not a generative task's short name {generative}")
-    for key in ("rows_per_task", "steps", "batch_size", "log_every"):
+    for short, count in t.rows.items():
+        _require(short in generative, f"instruct.rows.{short}", f"is not a generative task's short name {generative}")
+        _require(int(count) > 0, f"instruct.rows.{short}", f"must be a positive row count, got {count}")
+    for key in ("steps", "batch_size", "log_every"):
         _require(int(t[key]) > 0, f"instruct.{key}", f"must be positive, got {t[key]}")
-    _require(t.rows_per_task * len(t.tasks) >= t.batch_size, "instruct.rows_per_task",
-             f"{t.rows_per_task} rows of {len(t.tasks)} tasks do not fill one batch of instruct.batch_size={t.batch_size}")
+    _require(sum(t.rows.values()) >= t.batch_size, "instruct.rows",
+             f"{sum(t.rows.values())} rows do not fill one batch of instruct.batch_size={t.batch_size}")
     _validate_optimizer(t, "instruct")
 
 
@@ -120,8 +121,8 @@ def config_hash(config: ConfigDict) -> str:
 
 
 def instruct_enabled(config: ConfigDict) -> bool:
-    """Whether ``config`` has an instruction stage (a config.instruct section naming tasks)."""
-    return config.get("instruct") is not None and bool(config.instruct.tasks)
+    """Whether ``config`` has an instruction stage (a config.instruct section with rows of some task)."""
+    return config.get("instruct") is not None and bool(config.instruct.rows)
 
 
 # ----------------------------------------------------------------------------------- data
@@ -303,20 +304,20 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
                        progress: bool = True) -> dict:
     """The instruction stage of `recfound_jax.instruct` on ``model``, in place; returns its summary for the log.
 
-    Rows: instruct.rows_per_task fresh train-side rows of each of instruct.tasks
-    (`synthetic.extra_train_rows`); held out: every valid row of those tasks in ``data_dir``.
+    Rows: instruct.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), so a
+    batch holds the tasks in those proportions; held out: every valid row of those tasks in ``data_dir``.
     """
     t = config.instruct
     world = synthetic_world.build_world(config.data.scale, config.data.seed)
-    pairs = [tuple(row["text"]) for short in t.tasks
-             for row in synthetic.extra_train_rows(world, short, t.rows_per_task, t.seed)]
+    pairs = [tuple(row["text"]) for short, count in t.rows.items()
+             for row in synthetic.extra_train_rows(world, short, count, t.seed)]
     valid_pairs = {}
-    for short in t.tasks:
+    for short in t.rows:
         with open(data_dir / "valid" / f"{BY_SHORT[short].name}.jsonl", encoding="utf-8") as f:
             valid_pairs[short] = [tuple(json.loads(line)["text"]) for line in f]
     length, slots = instruct.sizes(tokenizer, pairs + [p for v in valid_pairs.values() for p in v])
     limit = config.model.max_position_embeddings
-    _require(length <= limit, "instruct.tasks", f"their rows need {length} tokens, more than "
+    _require(length <= limit, "instruct.rows", f"their rows need {length} tokens, more than "
              f"model.max_position_embeddings={limit}")
     rows = instruct.encode_rows(tokenizer, pairs, length, slots)
     valid = {short: instruct.encode_rows(tokenizer, v, length, slots) for short, v in valid_pairs.items()}

@@ -45,6 +45,15 @@ def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def test_the_package_exposes_the_inference_api(run_dir):
+    import recfound_jax
+
+    assert recfound_jax.RecFound is RecFound and "RecFound" in recfound_jax.__all__
+    assert isinstance(recfound_jax.RecFound.from_run(run_dir), RecFound)
+    with pytest.raises(AttributeError, match="no attribute 'Recfound'"):
+        recfound_jax.Recfound
+
+
 # ------------------------------------------------------------------------------------ formats
 def test_prompt_ids_are_the_training_format_up_to_the_answer(rf):
     fmt = Formatter(rf.tokenizer)

@@ -33,7 +33,7 @@ def tiny_model(seed: int = 0) -> Mistral:
 
 
 def section(**overrides) -> ConfigDict:
-    s = ConfigDict(dict(tasks=("AP",), rows_per_task=4, steps=60, batch_size=4, learning_rate=1e-2, warmup_steps=1,
+    s = ConfigDict(dict(rows={"AP": 4}, steps=60, batch_size=4, learning_rate=1e-2, warmup_steps=1,
                         decay="cosine", end_lr_fraction=0.1, weight_decay=0.0, grad_clip=1.0, seed=0, log_every=20))
     s.update(overrides)
     return s

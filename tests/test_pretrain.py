@@ -31,7 +31,8 @@ def tiny_config():
                         head_dim=8, max_position_embeddings=192)  # the instruction rows need 160 positions
     config.data.update(generative_rows_per_task=2, eval_rows_per_task=1)
     config.train.update(seq_len=32, batch_size=4, steps=5, warmup_steps=1, log_every=1)
-    config.instruct.update(rows_per_task=3, steps=3, batch_size=4, warmup_steps=1, log_every=1)
+    config.instruct.rows = {"AP": 3, "PRP": 2}
+    config.instruct.update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
     return config
 
 
@@ -54,13 +55,16 @@ def test_default_config_is_valid_and_fits_the_tokenizer():
 
 @pytest.mark.parametrize("key, value", [("train.seq_len", 1000), ("model.vocab_size", 32000),
                                         ("model.num_kv_heads", 3), ("train.decay", "step"),
-                                        ("instruct.tasks", ("AP", "U2I")), ("instruct.tasks", ("XX",)),
-                                        ("instruct.warmup_steps", 400), ("instruct.rows_per_task", 0),
+                                        ("instruct.rows.U2I", 100), ("instruct.rows.XX", 100),
+                                        ("instruct.rows.AP", 0), ("instruct.warmup_steps", 1000),
                                         ("instruct.decay", "step")])
 def test_validate_config_names_the_bad_key(key, value):
     config = load_config_file()
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    parent = config
+    for section in sections:
+        parent = parent[section]
+    parent[name] = value
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         pt.validate_config(config)
 
@@ -118,7 +122,7 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     assert summary["final_loss"] < summary["initial_loss"]
     assert np.isfinite(summary["valid_loss_after"]) and summary["valid_loss_after"] < summary["valid_loss_before"]
     stage = summary["instruct"]
-    assert stage["rows"] == 3 * 2 and [entry["step"] for entry in stage["log"]] == [1, 2, 3]
+    assert stage["rows"] == 3 + 2 and [entry["step"] for entry in stage["log"]] == [1, 2, 3]
     assert stage["row_length"] <= 192 and stage["answer_slots"] == 2  # one answer token and EOS
     for held_out in (stage["valid_before"], stage["valid_after"]):
         assert set(held_out) == {"AP", "PRP"}
@@ -154,7 +158,7 @@ def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
 
 def test_an_empty_task_list_turns_the_instruction_stage_off(built, tmp_path):
     config = tiny_config()
-    config.instruct.tasks = ()
+    config.instruct.rows = {}
     without_section = tiny_config()
     del without_section["instruct"]
     assert pt.config_hash(config) == pt.config_hash(without_section) != pt.config_hash(tiny_config())
