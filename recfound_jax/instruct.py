@@ -50,17 +50,23 @@ class AnswerRows:
         return tuple(jnp.asarray(a) for a in dataclasses.astuple(self))
 
 
-def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int, slots: int) -> AnswerRows:
+def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None = None, slots: int | None = None,
+                multiple: int = 8) -> AnswerRows:
     """(prompt, answer) pairs in the GritLM generative format, padded to ``length`` tokens and ``slots`` answer slots.
 
-    Raises ValueError naming the first row that does not fit (no row is cut here: the caller sizes both).
+    By default both fit every pair: the longest row rounded up to ``multiple``, the most answer tokens.
+    Raises ValueError naming the first row that does not fit a given size (no row is cut here).
     """
     encoded = Formatter(tokenizer).generative_many([[pair] for pair in pairs])
+    answers = [[p for p, label in enumerate(labels) if label != IGNORE_INDEX] for _, labels in encoded]
+    if length is None:
+        length = -(-max(len(ids) for ids, _ in encoded) // multiple) * multiple
+    if slots is None:
+        slots = max(len(at) for at in answers)
     n = len(encoded)
     out = AnswerRows(np.zeros((n, length), np.int32), np.zeros((n, length), np.int32),
                      np.zeros((n, slots), np.int32), np.zeros((n, slots), np.int32), np.zeros((n, slots), np.float32))
-    for i, (ids, labels) in enumerate(encoded):
-        answer_at = [p for p, label in enumerate(labels) if label != IGNORE_INDEX]
+    for i, ((ids, _), answer_at) in enumerate(zip(encoded, answers)):
         if len(ids) > length or len(answer_at) > slots:
             raise ValueError(f"row {i} has {len(ids)} tokens and {len(answer_at)} answer tokens, more than "
                              f"length={length} / slots={slots}")
@@ -70,14 +76,6 @@ def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int, slots:
         out.targets[i, :len(answer_at)] = [ids[p] for p in answer_at]
         out.weights[i, :len(answer_at)] = 1.0
     return out
-
-
-def sizes(tokenizer: Tokenizer, pairs: Sequence[Pair], multiple: int = 8) -> tuple[int, int]:
-    """(length, slots) that fit every pair: the longest row rounded up to ``multiple``, the most answer tokens."""
-    encoded = Formatter(tokenizer).generative_many([[pair] for pair in pairs])
-    longest = max(len(ids) for ids, _ in encoded)
-    slots = max(sum(label != IGNORE_INDEX for label in labels) for _, labels in encoded)
-    return -(-longest // multiple) * multiple, slots
 
 
 def answer_token_losses(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array,

@@ -311,19 +311,21 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
     world = synthetic_world.build_world(config.data.scale, config.data.seed)
     pairs = [tuple(row["text"]) for short, count in t.rows.items()
              for row in synthetic.extra_train_rows(world, short, count, t.seed)]
-    valid_pairs = {}
+    valid_pairs, valid_tasks = [], []
     for short in t.rows:
         with open(data_dir / "valid" / f"{BY_SHORT[short].name}.jsonl", encoding="utf-8") as f:
-            valid_pairs[short] = [tuple(json.loads(line)["text"]) for line in f]
-    length, slots = instruct.sizes(tokenizer, pairs + [p for v in valid_pairs.values() for p in v])
-    limit = config.model.max_position_embeddings
+            task_pairs = [tuple(json.loads(line)["text"]) for line in f]
+        valid_pairs += task_pairs
+        valid_tasks += [short] * len(task_pairs)
+    encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # one size for all: one compile each way
+    length, limit = encoded.ids.shape[1], config.model.max_position_embeddings
     _require(length <= limit, "instruct.rows", f"their rows need {length} tokens, more than "
              f"model.max_position_embeddings={limit}")
-    rows = instruct.encode_rows(tokenizer, pairs, length, slots)
-    valid = {short: instruct.encode_rows(tokenizer, v, length, slots) for short, v in valid_pairs.items()}
+    rows = encoded.take(np.arange(len(pairs)))
+    valid = {short: encoded.take(len(pairs) + np.flatnonzero(np.asarray(valid_tasks) == short)) for short in t.rows}
     begin = time.perf_counter()
     result = instruct_train(model, t, rows, valid, progress=progress)
-    return {"rows": len(rows), "row_length": length, "answer_slots": slots,
+    return {"rows": len(rows), "row_length": length, "answer_slots": rows.targets.shape[1],
             "train_seconds": round(time.perf_counter() - begin, 2), **result}
 
 

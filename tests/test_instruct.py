@@ -40,9 +40,9 @@ def section(**overrides) -> ConfigDict:
 
 
 def test_answer_slots_are_the_formatters_labels(tokenizer):
-    length, slots = instruct.sizes(tokenizer, PAIRS)
-    assert length % 8 == 0
-    rows = instruct.encode_rows(tokenizer, PAIRS, length, slots)
+    rows = instruct.encode_rows(tokenizer, PAIRS)  # sized to fit every pair
+    length, slots = rows.ids.shape[1], rows.targets.shape[1]
+    assert length % 8 == 0 and length - 8 < max(len(format_generative(tokenizer, [p])[0]) for p in PAIRS) <= length
     chex.assert_shape([rows.ids, rows.mask], (len(PAIRS), length))
     chex.assert_shape([rows.positions, rows.targets, rows.weights], (len(PAIRS), slots))
     for i, pair in enumerate(PAIRS):
@@ -59,7 +59,8 @@ def test_answer_slots_are_the_formatters_labels(tokenizer):
 
 
 def test_a_row_that_does_not_fit_is_refused_by_number(tokenizer):
-    length, slots = instruct.sizes(tokenizer, PAIRS)
+    fitted = instruct.encode_rows(tokenizer, PAIRS)
+    length, slots = fitted.ids.shape[1], fitted.targets.shape[1]
     with pytest.raises(ValueError, match="row 2 has"):
         instruct.encode_rows(tokenizer, PAIRS, length, slots - 1)
 
@@ -71,7 +72,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def test_answer_loss_equals_the_full_logits_cross_entropy_on_the_labels(tokenizer):
     model = tiny_model()
-    rows = instruct.encode_rows(tokenizer, PAIRS, *instruct.sizes(tokenizer, PAIRS))
+    rows = instruct.encode_rows(tokenizer, PAIRS)
     ids, mask, positions, targets, weights = rows.device()
     loss = instruct.answer_loss(model, ids, mask, positions, targets, weights)
     # reference: every position's logits, the loss read at the formatter's labels, in numpy
@@ -85,7 +86,7 @@ def test_answer_loss_equals_the_full_logits_cross_entropy_on_the_labels(tokenize
 
 def test_the_stage_learns_its_rows_and_reports_held_out_scores(tokenizer):
     model = tiny_model()
-    rows = instruct.encode_rows(tokenizer, PAIRS, *instruct.sizes(tokenizer, PAIRS))
+    rows = instruct.encode_rows(tokenizer, PAIRS)
     before = jax.tree.map(np.asarray, nnx.state(model, BaseParam))
     s = section()
     result = pt.instruct_train(model, s, rows, {"AP": rows}, progress=False)
@@ -101,7 +102,7 @@ def test_the_stage_learns_its_rows_and_reports_held_out_scores(tokenizer):
 
 def test_held_out_scores_do_not_depend_on_the_batch_size(tokenizer):
     model = tiny_model(seed=3)
-    rows = instruct.encode_rows(tokenizer, PAIRS, *instruct.sizes(tokenizer, PAIRS))
+    rows = instruct.encode_rows(tokenizer, PAIRS)
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
     eval_fn = instruct.make_eval_fn(graphdef, rest)
     whole = instruct.held_out(eval_fn, params, rows, batch_size=4)
@@ -114,7 +115,7 @@ def test_held_out_scores_do_not_depend_on_the_batch_size(tokenizer):
 
 def test_batches_visit_every_row_once_an_epoch(tokenizer):
     pairs = [(f"Question {i}?", "yes") for i in range(10)]
-    rows = instruct.encode_rows(tokenizer, pairs, *instruct.sizes(tokenizer, pairs))
+    rows = instruct.encode_rows(tokenizer, pairs)
     stream = instruct.batches(rows, batch_size=3, seed=0)
     firsts = [np.asarray(next(stream)[0]) for _ in range(6)]  # two epochs of 3 full batches (one row left out each)
     for epoch in (firsts[:3], firsts[3:]):
