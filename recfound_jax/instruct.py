@@ -78,43 +78,23 @@ def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None 
     return out
 
 
-def answer_token_losses(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array,
-                        targets: jax.Array) -> jax.Array:
-    """Cross-entropy [B, K] (float32) of each answer slot, the LM head applied at the answer positions only."""
+def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array) -> jax.Array:
+    """Logits [B, K, vocab] (float32) at the answer positions: the LM head is applied there only."""
     hidden = model.hidden_states(ids, mask)
-    picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    return optax.softmax_cross_entropy_with_integer_labels(model.logits(picked), targets)
+    return model.logits(jnp.take_along_axis(hidden, positions[..., None], axis=1))
 
 
 def answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array, targets: jax.Array,
                 weights: jax.Array) -> jax.Array:
     """Mean cross-entropy over the answer tokens of the batch (every token weighs the same)."""
-    losses = answer_token_losses(model, ids, mask, positions, targets)
+    losses = optax.softmax_cross_entropy_with_integer_labels(answer_logits(model, ids, mask, positions), targets)
     return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
-
-
-StepFn = Callable[..., tuple[nnx.State, optax.OptState, jax.Array]]
-
-
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation) -> StepFn:
-    """A jitted step (params, opt_state, ids, mask, positions, targets, weights) -> (params, opt_state, loss)."""
-    def loss_fn(params, *batch):
-        return answer_loss(nnx.merge(graphdef, params, rest), *batch)
-
-    def step(params, opt_state, *batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """A jitted (params, ids, mask, positions, targets) -> (slot losses [B, K], first slot's argmax [B])."""
     def evaluate(params, ids, mask, positions, targets):
-        model = nnx.merge(graphdef, params, rest)
-        hidden = model.hidden_states(ids, mask)
-        logits = model.logits(jnp.take_along_axis(hidden, positions[..., None], axis=1))
+        logits = answer_logits(nnx.merge(graphdef, params, rest), ids, mask, positions)
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets), logits[:, 0].argmax(-1)
 
     return jax.jit(evaluate)

@@ -43,7 +43,7 @@ MARKER = "COMPLETE"
 LOG_FILE = "pretrain_log.json"
 DECAYS = ("cosine", "linear")
 
-StepFn = Callable[[nnx.State, optax.OptState, jax.Array], tuple[nnx.State, optax.OptState, jax.Array]]
+StepFn = Callable[..., tuple[nnx.State, optax.OptState, jax.Array]]
 
 
 # ----------------------------------------------------------------------------------- config
@@ -207,19 +207,20 @@ def lm_loss(model: Mistral, tokens: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation) -> StepFn:
-    """A jitted step (params, opt_state, tokens) -> (params, opt_state, loss before the update).
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
+                    loss: Callable[..., jax.Array] = lm_loss) -> StepFn:
+    """A jitted step (params, opt_state, *batch) -> (params, opt_state, loss(model, *batch) before the update).
 
     ``params`` is the `BaseParam` state of ``nnx.split(model, BaseParam, ...)``; params and optimizer
-    state are donated.
+    state are donated. ``loss`` is `lm_loss` (batch: tokens) or `instruct.answer_loss`.
     """
-    def loss_fn(params, tokens):
-        return lm_loss(nnx.merge(graphdef, params, rest), tokens)
+    def loss_fn(params, *batch):
+        return loss(nnx.merge(graphdef, params, rest), *batch)
 
-    def step(params, opt_state, tokens):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+    def step(params, opt_state, *batch):
+        value, grads = jax.value_and_grad(loss_fn)(params, *batch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, value
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -289,7 +290,7 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: instruct.AnswerRows, val
     """
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
     tx = make_optimizer(t)
-    step_fn = instruct.make_train_step(graphdef, rest, tx)
+    step_fn = make_train_step(graphdef, rest, tx, instruct.answer_loss)
     eval_fn = instruct.make_eval_fn(graphdef, rest)
     evaluate = lambda p: {task: instruct.held_out(eval_fn, p, r, t.batch_size) for task, r in valid.items()}
     before = evaluate(params)
