@@ -5,14 +5,19 @@ pretrained on 263k tokens, cannot, and its rank-16 attention adapters do not lea
 from the few rows a finetuning step gives a task (README, "The demo's results"). This stage gives the
 base that ability the way instruction tuning gives it to an LLM: full-weight training on the
 cross-entropy of the answer tokens (EOS included) of rows in the finetuning's own GritLM format, drawn
-from the train side of the synthetic world (`synthetic.extra_train_rows`), never from a valid or test user.
+from the train side of the synthetic world (`synthetic.extra_train_rows`), never from a valid or test user,
+and without any row whose input (a product pair, a review, a listing) is a valid or test row's input.
 
-Only the answer positions reach the LM head (their hidden states are gathered first), so a step costs the
-decoder's forward and backward over the rows and a few LM-head rows, not the 32768-wide head at every token.
+Only the answer tokens reach the LM head: a batch's answer positions are flattened into one index over its
+[rows x tokens] grid and their hidden states gathered, so a step pays the 32768-wide head for the answer
+tokens it holds (a one-letter answer: 2, an AVE answer: up to ~40), not for every token nor for padding
+every row to the longest answer. Every batch holds each task's fixed share of rows (`batch_shares`), so
+that count is the same each step and the step compiles once.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -45,9 +50,45 @@ class AnswerRows:
         """The rows at ``index``."""
         return AnswerRows(*(a[index] for a in dataclasses.astuple(self)))
 
+    def padded(self, length: int) -> "AnswerRows":
+        """The same rows right-padded to ``length`` tokens (at least their current length)."""
+        extra = length - self.ids.shape[1]
+        if extra < 0:
+            raise ValueError(f"rows of {self.ids.shape[1]} tokens cannot be padded to {length}")
+        pad = lambda a: np.pad(a, ((0, 0), (0, extra)))
+        return dataclasses.replace(self, ids=pad(self.ids), mask=pad(self.mask))
+
+    def batch(self, index: np.ndarray) -> "AnswerBatch":
+        """The rows at ``index`` as an `AnswerBatch`: every row's K slots, empty ones included (weight 0)."""
+        rows = self.take(index)
+        row_starts = np.arange(len(rows), dtype=np.int32)[:, None] * rows.ids.shape[1]
+        return AnswerBatch(rows.ids, rows.mask, (rows.positions + row_starts).reshape(-1),
+                           rows.targets.reshape(-1), rows.weights.reshape(-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerBatch:
+    """Rows of one step with their answer slots flattened: ``index`` points into the [B * T] token grid."""
+
+    ids: np.ndarray  # [B, T] int32
+    mask: np.ndarray  # [B, T] int32
+    index: np.ndarray  # [N] int32: row * T + p, where position p of the row predicts the token at p + 1
+    targets: np.ndarray  # [N] int32
+    weights: np.ndarray  # [N] float32: 1 on answer tokens, 0 on empty slots
+
     def device(self) -> tuple[jax.Array, ...]:
         """The arrays as device arrays, in field order."""
         return tuple(jnp.asarray(a) for a in dataclasses.astuple(self))
+
+
+def concat_batches(parts: Sequence[AnswerBatch]) -> AnswerBatch:
+    """One batch of the rows of ``parts`` in order (all of one row length); each part's index is shifted past the rows before it."""
+    grid = parts[0].ids.shape[1]
+    row_offsets = np.cumsum([0] + [len(part.ids) for part in parts[:-1]])
+    return AnswerBatch(np.concatenate([part.ids for part in parts]), np.concatenate([part.mask for part in parts]),
+                       np.concatenate([part.index + offset * grid for part, offset in zip(parts, row_offsets)]),
+                       np.concatenate([part.targets for part in parts]),
+                       np.concatenate([part.weights for part in parts]))
 
 
 def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None = None, slots: int | None = None,
@@ -78,51 +119,83 @@ def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None 
     return out
 
 
-def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array) -> jax.Array:
-    """Logits [B, K, vocab] (float32) at the answer positions: the LM head is applied there only."""
+def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array) -> jax.Array:
+    """Logits [N, vocab] (float32) at the flat answer positions ``index`` of the [B * T] grid: the LM head runs there only."""
     hidden = model.hidden_states(ids, mask)
-    return model.logits(jnp.take_along_axis(hidden, positions[..., None], axis=1))
+    return model.logits(hidden.reshape(-1, hidden.shape[-1])[index])
 
 
-def answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, positions: jax.Array, targets: jax.Array,
+def answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array, targets: jax.Array,
                 weights: jax.Array) -> jax.Array:
     """Mean cross-entropy over the answer tokens of the batch (every token weighs the same)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(answer_logits(model, ids, mask, positions), targets)
+    losses = optax.softmax_cross_entropy_with_integer_labels(answer_logits(model, ids, mask, index), targets)
     return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted (params, ids, mask, positions, targets) -> (slot losses [B, K], first slot's argmax [B])."""
-    def evaluate(params, ids, mask, positions, targets):
-        logits = answer_logits(nnx.merge(graphdef, params, rest), ids, mask, positions)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets), logits[:, 0].argmax(-1)
+    """A jitted (params, ids, mask, index, targets) -> (slot losses [N], argmax over the vocabulary [N])."""
+    def evaluate(params, ids, mask, index, targets):
+        logits = answer_logits(nnx.merge(graphdef, params, rest), ids, mask, index)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets), logits.argmax(-1)
 
     return jax.jit(evaluate)
 
 
 def held_out(eval_fn: Callable, params: nnx.State, rows: AnswerRows, batch_size: int) -> dict[str, float]:
-    """Mean answer-token loss and first-answer-token accuracy (argmax over the whole vocabulary) of ``rows``.
+    """Held-out scores of ``rows``: mean answer-token loss, first-answer-token accuracy and answer accuracy.
 
+    Accuracy is the argmax over the whole vocabulary given the true tokens before it; a row's answer is
+    right when every one of its tokens (EOS included) is, which is when greedy decoding writes it exactly.
     Rows go in batches of ``batch_size``; the last batch is filled with copies of row 0 and those are dropped.
     """
-    slot_losses, firsts = [], []
+    slots = rows.targets.shape[1]
+    slot_losses, hits = [], []
     for start in range(0, len(rows), batch_size):
         index = np.arange(start, start + batch_size)
         index[index >= len(rows)] = 0
-        batch = rows.take(index)
-        losses, first = eval_fn(params, *batch.device()[:4])
+        losses, argmax = eval_fn(params, *rows.batch(index).device()[:4])
         keep = min(batch_size, len(rows) - start)
-        slot_losses.append(np.asarray(losses)[:keep])
-        firsts.append(np.asarray(first)[:keep])
-    losses, first = np.concatenate(slot_losses), np.concatenate(firsts)
+        slot_losses.append(np.asarray(losses).reshape(batch_size, slots)[:keep])
+        hits.append(np.asarray(argmax).reshape(batch_size, slots)[:keep] == rows.targets[start:start + keep])
+    losses, hit = np.concatenate(slot_losses), np.concatenate(hits)
     return {"loss": float((losses * rows.weights).sum() / rows.weights.sum()),
-            "first_token_accuracy": float((first == rows.targets[:, 0]).mean())}
+            "first_token_accuracy": float(hit[:, 0].mean()),
+            "answer_accuracy": float((hit | (rows.weights == 0)).all(-1).mean())}
 
 
-def batches(rows: AnswerRows, batch_size: int, seed: int) -> Iterator[tuple[jax.Array, ...]]:
-    """Endless batches of ``rows`` (`AnswerRows.device` tuples); every epoch visits the rows in a new order."""
-    rng = np.random.default_rng(seed)
+def batch_shares(sizes: dict[str, int], batch_size: int) -> dict[str, int]:
+    """Rows of each task in every batch: ``batch_size`` split in proportion to ``sizes``, at least one row a task.
+
+    Largest remainder: each task gets the floor of its exact share (at least 1), the rows left over go to
+    the largest fractions.
+    """
+    if batch_size < len(sizes):
+        raise ValueError(f"a batch of {batch_size} rows cannot hold one row of each of {len(sizes)} tasks")
+    total = sum(sizes.values())
+    exact = {task: batch_size * n / total for task, n in sizes.items()}
+    shares = {task: max(1, int(x)) for task, x in exact.items()}
+    while sum(shares.values()) < batch_size:
+        shares[max(exact, key=lambda task: exact[task] - shares[task])] += 1
+    while sum(shares.values()) > batch_size:  # only when the one-row minimum pushed the sum over
+        shares[max((task for task in shares if shares[task] > 1), key=lambda task: shares[task] - exact[task])] -= 1
+    return shares
+
+
+def _endless_order(n: int, rng: np.random.Generator) -> Iterator[int]:
     while True:
-        order = rng.permutation(len(rows))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield rows.take(order[start:start + batch_size]).device()
+        yield from rng.permutation(n)
+
+
+def batches(rows: dict[str, AnswerRows], batch_size: int, seed: int) -> Iterator[tuple[jax.Array, ...]]:
+    """Endless batches (`AnswerBatch.device` tuples) holding each task's `batch_shares` of rows, tasks in order.
+
+    Each task's rows are drawn in a new random order every pass over them, independently of the other tasks.
+    All tasks' rows must share one length.
+    """
+    shares = batch_shares({task: len(r) for task, r in rows.items()}, batch_size)
+    rng = np.random.default_rng(seed)
+    orders = {task: _endless_order(len(r), rng) for task, r in rows.items()}
+    while True:
+        parts = [rows[task].batch(np.fromiter(itertools.islice(orders[task], shares[task]), np.int64))
+                 for task in rows]
+        yield concat_batches(parts).device()

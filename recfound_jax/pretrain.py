@@ -38,7 +38,7 @@ from recfound_jax.model.hf import save_hf
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
-PRETRAIN_VERSION = "1"  # part of the cache key: bump when the recipe's code changes what it builds
+PRETRAIN_VERSION = "2"  # part of the cache key: bump when the recipe's code changes what it builds
 MARKER = "COMPLETE"
 LOG_FILE = "pretrain_log.json"
 DECAYS = ("cosine", "linear")
@@ -108,6 +108,8 @@ def _validate_instruct(t: ConfigDict) -> None:
         _require(int(t[key]) > 0, f"instruct.{key}", f"must be positive, got {t[key]}")
     _require(sum(t.rows.values()) >= t.batch_size, "instruct.rows",
              f"{sum(t.rows.values())} rows do not fill one batch of instruct.batch_size={t.batch_size}")
+    _require(t.batch_size >= len(t.rows), "instruct.batch_size",
+             f"{t.batch_size} cannot hold one row of each of the {len(t.rows)} tasks of instruct.rows")
     _validate_optimizer(t, "instruct")
 
 
@@ -282,10 +284,11 @@ def train(model: Mistral, config: ConfigDict, batches: Iterator[np.ndarray], *,
     return {"log": log, "valid_loss_before": before, "valid_loss_after": after}
 
 
-def instruct_train(model: Mistral, t: ConfigDict, rows: instruct.AnswerRows, valid: dict[str, instruct.AnswerRows],
-                   *, progress: bool = True) -> dict:
+def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.AnswerRows],
+                   valid: dict[str, instruct.AnswerRows], *, progress: bool = True) -> dict:
     """Train every BaseParam of ``model`` in place on the answer tokens of ``rows`` for ``t.steps`` (config.instruct).
 
+    ``rows`` maps each task to its rows (all of one length); a batch holds each task's `instruct.batch_shares`.
     Returns {"log", "valid_before"/"valid_after": `instruct.held_out` of each task's ``valid`` rows}.
     """
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
@@ -301,32 +304,42 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: instruct.AnswerRows, val
 
 
 # ----------------------------------------------------------------------------------- entry points
+def _split_inputs(data_dir: Path, task_name: str, split: str) -> list[tuple[str, str]]:
+    with open(data_dir / split / f"{task_name}.jsonl", encoding="utf-8") as f:
+        return [tuple(json.loads(line)["text"]) for line in f]
+
+
 def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, tokenizer: Tokenizer,
                        progress: bool = True) -> dict:
     """The instruction stage of `recfound_jax.instruct` on ``model``, in place; returns its summary for the log.
 
-    Rows: instruct.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), so a
-    batch holds the tasks in those proportions; held out: every valid row of those tasks in ``data_dir``.
+    Rows: instruct.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), less those
+    whose input (a product pair, a review) is a valid or test row's input, so that no held-out input is
+    trained on; a batch holds the tasks in those proportions. Held out: every valid row of those tasks in
+    ``data_dir``.
     """
     t = config.instruct
     world = synthetic_world.build_world(config.data.scale, config.data.seed)
-    pairs = [tuple(row["text"]) for short, count in t.rows.items()
-             for row in synthetic.extra_train_rows(world, short, count, t.seed)]
-    valid_pairs, valid_tasks = [], []
-    for short in t.rows:
-        with open(data_dir / "valid" / f"{BY_SHORT[short].name}.jsonl", encoding="utf-8") as f:
-            task_pairs = [tuple(json.loads(line)["text"]) for line in f]
-        valid_pairs += task_pairs
-        valid_tasks += [short] * len(task_pairs)
-    encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # one size for all: one compile each way
-    length, limit = encoded.ids.shape[1], config.model.max_position_embeddings
+    rows, valid, dropped = {}, {}, {}
+    for short, count in t.rows.items():
+        name = BY_SHORT[short].name
+        valid_pairs = _split_inputs(data_dir, name, "valid")
+        held_out_inputs = {synthetic.input_text(prompt) for prompt, _ in valid_pairs + _split_inputs(data_dir, name, "test")}
+        pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
+        dropped[short] = count - len(pairs)
+        encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
+        rows[short], valid[short] = encoded.take(np.arange(len(pairs))), encoded.take(len(pairs) + np.arange(len(valid_pairs)))
+    length, limit = max(r.ids.shape[1] for r in rows.values()), config.model.max_position_embeddings
     _require(length <= limit, "instruct.rows", f"their rows need {length} tokens, more than "
              f"model.max_position_embeddings={limit}")
-    rows = encoded.take(np.arange(len(pairs)))
-    valid = {short: encoded.take(len(pairs) + np.flatnonzero(np.asarray(valid_tasks) == short)) for short in t.rows}
+    rows = {short: r.padded(length) for short, r in rows.items()}  # one grid for every batch: one compile
+    shares = instruct.batch_shares({short: len(r) for short, r in rows.items()}, t.batch_size)
     begin = time.perf_counter()
     result = instruct_train(model, t, rows, valid, progress=progress)
-    return {"rows": len(rows), "row_length": length, "answer_slots": rows.targets.shape[1],
+    return {"rows": {short: len(r) for short, r in rows.items()}, "dropped_held_out_inputs": dropped,
+            "row_length": length, "batch_rows": shares,
+            "answer_slots": {short: r.targets.shape[1] for short, r in rows.items()},
+            "answer_slots_per_batch": sum(shares[short] * r.targets.shape[1] for short, r in rows.items()),
             "train_seconds": round(time.perf_counter() - begin, 2), **result}
 
 
@@ -425,7 +438,8 @@ def main(argv: Sequence[str]) -> None:
         for task in after:
             print(f"instruction stage, {task} valid: answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
                   f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
-                  f"{after[task]['first_token_accuracy']:.3f}")
+                  f"{after[task]['first_token_accuracy']:.3f}, answer accuracy "
+                  f"{before[task]['answer_accuracy']:.3f} -> {after[task]['answer_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def test_answer_loss_equals_the_full_logits_cross_entropy_on_the_labels(tokenizer):
     model = tiny_model()
     rows = instruct.encode_rows(tokenizer, PAIRS)
-    ids, mask, positions, targets, weights = rows.device()
-    loss = instruct.answer_loss(model, ids, mask, positions, targets, weights)
+    ids, mask, index, targets, weights = rows.batch(np.arange(len(PAIRS))).device()
+    loss = instruct.answer_loss(model, ids, mask, index, targets, weights)
     # reference: every position's logits, the loss read at the formatter's labels, in numpy
     log_probs = _log_softmax(np.asarray(model(ids, mask), np.float64))
     picked = []
@@ -89,12 +89,13 @@ def test_the_stage_learns_its_rows_and_reports_held_out_scores(tokenizer):
     rows = instruct.encode_rows(tokenizer, PAIRS)
     before = jax.tree.map(np.asarray, nnx.state(model, BaseParam))
     s = section()
-    result = pt.instruct_train(model, s, rows, {"AP": rows}, progress=False)
+    result = pt.instruct_train(model, s, {"AP": rows}, {"AP": rows}, progress=False)
     assert [entry["step"] for entry in result["log"]] == [1, 20, 40, 60]
     assert result["log"][-1]["loss"] < result["log"][0]["loss"] - 1.0, result["log"]
     b, a = result["valid_before"]["AP"], result["valid_after"]["AP"]
     assert a["loss"] < b["loss"] - 1.0
     assert a["first_token_accuracy"] == 1.0 and 0.0 <= b["first_token_accuracy"] < 1.0
+    assert a["answer_accuracy"] == 1.0 and b["answer_accuracy"] <= b["first_token_accuracy"]
     after = nnx.state(model, BaseParam)
     changed = jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(np.asarray(y) != x)), before, after))
     assert all(changed), "every base weight is trained in place"
@@ -108,16 +109,61 @@ def test_held_out_scores_do_not_depend_on_the_batch_size(tokenizer):
     whole = instruct.held_out(eval_fn, params, rows, batch_size=4)
     chunks = instruct.held_out(eval_fn, params, rows, batch_size=3)  # a padded last batch
     chex.assert_trees_all_close(whole, chunks, rtol=1e-5)
-    slot_losses, _ = eval_fn(params, *rows.device()[:4])
-    expected = float((np.asarray(slot_losses) * rows.weights).sum() / rows.weights.sum())
+    slot_losses, argmax = eval_fn(params, *rows.batch(np.arange(len(PAIRS))).device()[:4])
+    expected = float((np.asarray(slot_losses) * rows.weights.reshape(-1)).sum() / rows.weights.sum())
     assert whole["loss"] == pytest.approx(expected, rel=1e-5)
+    hits = np.asarray(argmax).reshape(rows.targets.shape) == rows.targets
+    assert whole["first_token_accuracy"] == hits[:, 0].mean()
+    assert whole["answer_accuracy"] == np.mean([hits[i, :int(w.sum())].all() for i, w in enumerate(rows.weights)])
 
 
-def test_batches_visit_every_row_once_an_epoch(tokenizer):
-    pairs = [(f"Question {i}?", "yes") for i in range(10)]
-    rows = instruct.encode_rows(tokenizer, pairs)
-    stream = instruct.batches(rows, batch_size=3, seed=0)
-    firsts = [np.asarray(next(stream)[0]) for _ in range(6)]  # two epochs of 3 full batches (one row left out each)
-    for epoch in (firsts[:3], firsts[3:]):
-        seen = [tuple(r) for batch in epoch for r in batch]
-        assert len(set(seen)) == 9 and set(seen) <= {tuple(r) for r in rows.ids}
+def test_a_mixed_batch_flattens_each_tasks_slots_and_its_loss_is_the_per_token_mean(tokenizer):
+    short = instruct.encode_rows(tokenizer, [PAIRS[0], PAIRS[3]])  # 2 slots: one word and EOS
+    long = instruct.encode_rows(tokenizer, [PAIRS[2]])  # a sentence's slots
+    length = max(short.ids.shape[1], long.ids.shape[1])
+    short, long = short.padded(length), long.padded(length)
+    batch = instruct.concat_batches([short.batch(np.array([1, 0])), long.batch(np.array([0]))])
+    slots = short.targets.shape[1] * 2 + long.targets.shape[1]
+    chex.assert_shape([batch.index, batch.targets, batch.weights], (slots,))
+    chex.assert_shape([batch.ids, batch.mask], (3, length))
+    live = batch.weights > 0
+    np.testing.assert_array_equal(batch.ids.reshape(-1)[batch.index[live] + 1], batch.targets[live])
+    model = tiny_model(seed=1)
+    loss = instruct.answer_loss(model, *batch.device())
+    log_probs = _log_softmax(np.asarray(model(jnp.asarray(batch.ids), jnp.asarray(batch.mask)), np.float64))
+    picked = []
+    for i, pair in enumerate([PAIRS[3], PAIRS[0], PAIRS[2]]):
+        _, labels = format_generative(tokenizer, [pair])
+        picked += [log_probs[i, p - 1, label] for p, label in enumerate(labels) if label != IGNORE_INDEX]
+    chex.assert_trees_all_close(loss, jnp.float32(-np.mean(picked)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("sizes, batch_size, expected", [
+    ({"AP": 3000, "PRP": 12000, "SA": 1500, "AVE": 6000}, 32, {"AP": 4, "PRP": 17, "SA": 2, "AVE": 9}),
+    ({"AP": 10, "PRP": 10}, 5, {"AP": 3, "PRP": 2}),  # a tie of remainders goes to the first task
+    ({"AP": 1000, "PRP": 1000, "SA": 1}, 4, {"AP": 2, "PRP": 1, "SA": 1}),  # at least one row a task
+    ({"AP": 5}, 4, {"AP": 4}),
+])
+def test_batch_shares_split_a_batch_by_the_row_counts(sizes, batch_size, expected):
+    assert instruct.batch_shares(sizes, batch_size) == expected
+
+
+def test_batch_shares_refuse_a_batch_smaller_than_the_task_count():
+    with pytest.raises(ValueError, match="a batch of 2 rows cannot hold one row of each of 3 tasks"):
+        instruct.batch_shares({"AP": 5, "PRP": 5, "SA": 5}, 2)
+
+
+def test_batches_hold_each_tasks_share_and_visit_its_rows_once_a_pass(tokenizer):
+    yes_no = instruct.encode_rows(tokenizer, [(f"Question {i}?", "yes") for i in range(6)])
+    letters = instruct.encode_rows(tokenizer, [(f"Pick {i}.\nA: x\nB: y", "B") for i in range(3)])
+    length = max(yes_no.ids.shape[1], letters.ids.shape[1])
+    yes_no, letters = yes_no.padded(length), letters.padded(length)
+    stream = instruct.batches({"AP": yes_no, "PRP": letters}, batch_size=3, seed=0)  # shares: AP 2, PRP 1
+    drawn = [[np.asarray(a) for a in next(stream)] for _ in range(6)]  # two passes over AP's rows, four of PRP's
+    assert len({a.shape for batch in drawn for a in batch[2:]}) == 1, "every batch has the same answer slots"
+    ap_rows = [tuple(batch[0][i]) for batch in drawn for i in (0, 1)]
+    prp_rows = [tuple(batch[0][2]) for batch in drawn]
+    for first_pass in (ap_rows[:6], ap_rows[6:]):
+        assert set(first_pass) == {tuple(r) for r in yes_no.ids}
+    for first_pass in (prp_rows[:3], prp_rows[3:]):
+        assert set(first_pass) == {tuple(r) for r in letters.ids}

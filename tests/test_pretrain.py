@@ -122,8 +122,10 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     assert summary["final_loss"] < summary["initial_loss"]
     assert np.isfinite(summary["valid_loss_after"]) and summary["valid_loss_after"] < summary["valid_loss_before"]
     stage = summary["instruct"]
-    assert stage["rows"] == 3 + 2 and [entry["step"] for entry in stage["log"]] == [1, 2, 3]
-    assert stage["row_length"] <= 192 and stage["answer_slots"] == 2  # one answer token and EOS
+    assert sum(stage["rows"].values()) + sum(stage["dropped_held_out_inputs"].values()) == 3 + 2
+    assert [entry["step"] for entry in stage["log"]] == [1, 2, 3]
+    assert stage["row_length"] <= 192 and stage["answer_slots"] == {"AP": 2, "PRP": 2}  # one answer token and EOS
+    assert stage["batch_rows"] == {"AP": 2, "PRP": 2} and stage["answer_slots_per_batch"] == 8
     for held_out in (stage["valid_before"], stage["valid_after"]):
         assert set(held_out) == {"AP", "PRP"}
         assert all(np.isfinite(v["loss"]) and 0.0 <= v["first_token_accuracy"] <= 1.0 for v in held_out.values())

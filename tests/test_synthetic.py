@@ -341,6 +341,16 @@ def test_extra_train_rows_are_seeded_fresh_and_from_train_users(world, data_dir)
     assert not any(_contains_run(titles, valid_history) for titles in train_histories)
 
 
+def test_extra_train_rows_leave_out_the_held_out_inputs(world, data_dir):
+    held_out = {_input(row["text"][0]) for split in ("valid", "test") for row in _rows(data_dir, split, "PRP")}
+    every = syn.extra_train_rows(world, "PRP", 600, seed=0)
+    kept = syn.extra_train_rows(world, "PRP", 600, seed=0, exclude_inputs=held_out)
+    clashing = [row for row in every if _input(row["text"][0]) in held_out]
+    assert clashing, "product pairs recur across splits: without the filter some rows are held-out inputs"
+    assert kept == [row for row in every if _input(row["text"][0]) not in held_out]
+    assert len(kept) == 600 - len(clashing)
+
+
 def test_extra_train_rows_refuse_an_embedding_task(world):
     with pytest.raises(ValueError, match="U2I is an embedding task"):
         syn.extra_train_rows(world, "U2I", 4, seed=0)

@@ -17,7 +17,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -504,7 +504,8 @@ def expected_random_ndcg(n_pos: int, n_total: int) -> float:
     return float(n_pos * discounts.mean() / discounts[:n_pos].sum())
 
 
-def _input_of(prompt: str) -> str:
+def input_text(prompt: str) -> str:
+    """The "### Input:" section of an Alpaca prompt: the text a row is about, whatever instruction asks it."""
     return prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
 
 
@@ -538,7 +539,7 @@ def _ave_baseline(train: list[Row], test: list[Row]) -> list[str]:
             common.setdefault(t["attribute"], Counter())[(t["value"], t["source"])] += 1
     preds = []
     for row in test:
-        targets = _input_of(row["text"][0]).rsplit("Target attributes: ", 1)[1].split(", ")
+        targets = input_text(row["text"][0]).rsplit("Target attributes: ", 1)[1].split(", ")
         guess = {a: common[a].most_common(1)[0][0] for a in targets}
         preds.append(json.dumps([{"attribute": a, "value": v, "source": s} for a, (v, s) in guess.items()]))
     return preds
@@ -568,7 +569,7 @@ def chance_levels(rows: dict[str, dict[str, list[Row]]], seed: int) -> dict[str,
                       f"F1 (yes) of a uniform random yes/no, mean of 1000 seeded draws; always yes: {always:.4f}")
     out["AVE"] = (_score(BY_SHORT["AVE"].name, _ave_baseline(train["AVE"], test["AVE"]), answers("AVE")),
                   "triple F1 of answering each target attribute with its most common train (value, source)")
-    echo = [_input_of(r["text"][0]).rsplit("\nA: ", 1)[1] for r in test["QR"]]
+    echo = [input_text(r["text"][0]).rsplit("\nA: ", 1)[1] for r in test["QR"]]
     out["QR"] = (_score(BY_SHORT["QR"].name, echo, answers("QR")), "token F1 of echoing the last query unchanged")
     for short in ("UP", "IP", "AG"):
         constant = _medoid_answer([r["text"][1] for r in train[short]])
@@ -591,14 +592,17 @@ def build_rows(world: sw.World) -> dict[str, dict[str, list[Row]]]:
     return rows
 
 
-def extra_train_rows(world: sw.World, short: str, n: int, seed: int) -> list[Row]:
+def extra_train_rows(world: sw.World, short: str, n: int, seed: int,
+                     exclude_inputs: Collection[str] = frozenset()) -> list[Row]:
     """``n`` more rows of generative task ``short`` drawn as the train split's are (train users, the catalog),
     from a stream of their own: the demo base's instruction data (recfound_jax.pretrain), never a valid
-    or test user's row."""
+    or test user's row. Rows whose `input_text` is in ``exclude_inputs`` (give the valid and test rows'
+    inputs: a product pair or a review can recur across splits) are dropped, so fewer may come back."""
     task = BY_SHORT[short]
     if task.is_embedding:
         raise ValueError(f"{short} is an embedding task; extra rows are drawn for generative tasks only")
-    return WRITERS[short](world, "train", n, np.random.default_rng([world.seed, 100, seed, task.id]))
+    rows = WRITERS[short](world, "train", n, np.random.default_rng([world.seed, 100, seed, task.id]))
+    return [row for row in rows if input_text(row["text"][0]) not in exclude_inputs]
 
 
 def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:
