@@ -327,6 +327,7 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
         held_out_inputs = {synthetic.input_text(prompt) for prompt, _ in valid_pairs + _split_inputs(data_dir, name, "test")}
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
         dropped[short] = count - len(pairs)
+        _require(bool(pairs), f"instruct.rows.{short}", f"all {count} rows drawn have a valid or test row's input")
         encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
         rows[short], valid[short] = encoded.take(np.arange(len(pairs))), encoded.take(len(pairs) + np.arange(len(valid_pairs)))
     length, limit = max(r.ids.shape[1] for r in rows.values()), config.model.max_position_embeddings

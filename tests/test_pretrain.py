@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 
 from recfound_jax import config as config_lib, load_hf, pretrain as pt
-from recfound_jax.data import synthetic
+from recfound_jax.data import synthetic, synthetic_world
 from recfound_jax.model.mistral import BaseParam, Mistral
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
@@ -156,6 +156,33 @@ def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
     changed = tiny_config()
     changed.instruct.steps = 4
     assert pt.base_dir(changed, cache) != path
+
+
+def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
+    cache, _ = built
+    config = tiny_config()
+    config.instruct.rows = {"PRP": 300, "AP": 20}
+    config.instruct.update(steps=1, warmup_steps=0)
+    data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed, cache)
+    seen = []
+    real_train = pt.instruct_train
+    monkeypatch.setattr(pt, "instruct_train", lambda model, t, rows, valid, **kw: seen.append(rows) or
+                        real_train(model, t, rows, valid, **kw))
+    summary = pt.run_instruct_stage(Mistral(pt.model_config(config), rngs=nnx.Rngs(0)), config, data_dir,
+                                    Tokenizer(), progress=False)
+    held_out = {synthetic.input_text(row["text"][0]) for split in ("valid", "test")
+                for row in map(json.loads, (data_dir / split / "Product_Relation_Prediction.jsonl").read_text().splitlines())}
+    drawn = synthetic.extra_train_rows(synthetic_world.build_world(1, 0), "PRP", 300, config.instruct.seed)
+    clashing = sum(synthetic.input_text(row["text"][0]) in held_out for row in drawn)
+    assert clashing > 0, "PRP's product pairs recur, so some drawn rows are held-out inputs"
+    assert summary["dropped_held_out_inputs"]["PRP"] == clashing
+    assert summary["rows"]["PRP"] == len(seen[0]["PRP"]) == 300 - clashing
+    tokenizer = Tokenizer()
+    trained = {tokenizer.decode([int(t) for t, m in zip(ids, mask) if m]) for ids, mask in
+               zip(seen[0]["PRP"].ids, seen[0]["PRP"].mask)}
+    kept = {synthetic.input_text(row["text"][0]) for row in drawn} - held_out
+    assert all(any(text in prompt for prompt in trained) for text in kept), "the decoded rows hold their inputs"
+    assert not any(text in prompt for prompt in trained for text in held_out)
 
 
 def test_an_empty_task_list_turns_the_instruction_stage_off(built, tmp_path):
