@@ -132,8 +132,7 @@ def generative_documents(data_dir: str | os.PathLike, split: str, per_task: int)
     """The first ``per_task`` generative rows of each task in ``split`` (-1: all) as "prompt\\nanswer" texts."""
     docs = []
     for task in GENERATIVE_TASKS:
-        with open(Path(data_dir) / split / f"{task.name}.jsonl", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
+        rows = synthetic.read_rows(data_dir, split, task.name)
         chosen = rows if per_task < 0 else rows[:per_task]
         docs.extend(f"{row['text'][0]}\n{row['text'][1]}" for row in chosen)
     return docs
@@ -304,11 +303,6 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.Answe
 
 
 # ----------------------------------------------------------------------------------- entry points
-def _split_inputs(data_dir: Path, task_name: str, split: str) -> list[tuple[str, str]]:
-    with open(data_dir / split / f"{task_name}.jsonl", encoding="utf-8") as f:
-        return [tuple(json.loads(line)["text"]) for line in f]
-
-
 def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, tokenizer: Tokenizer,
                        progress: bool = True) -> dict:
     """The instruction stage of `recfound_jax.instruct` on ``model``, in place; returns its summary for the log.
@@ -323,8 +317,10 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
     rows, valid, dropped = {}, {}, {}
     for short, count in t.rows.items():
         name = BY_SHORT[short].name
-        valid_pairs = _split_inputs(data_dir, name, "valid")
-        held_out_inputs = {synthetic.input_text(prompt) for prompt, _ in valid_pairs + _split_inputs(data_dir, name, "test")}
+        valid_rows = synthetic.read_rows(data_dir, "valid", name)
+        valid_pairs = [tuple(row["text"]) for row in valid_rows]
+        held_out_inputs = {synthetic.input_text(row["text"][0])
+                           for row in valid_rows + synthetic.read_rows(data_dir, "test", name)}
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
         dropped[short] = count - len(pairs)
         _require(bool(pairs), f"instruct.rows.{short}", f"all {count} rows drawn have a valid or test row's input")

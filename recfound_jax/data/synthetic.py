@@ -670,6 +670,12 @@ def pretraining_corpus(out_dir: str | os.PathLike) -> list[str]:
     return [line for line in text.split("\n") if line]
 
 
+def read_rows(out_dir: str | os.PathLike, split: str, task_name: str) -> list[Row]:
+    """The rows of ``task_name`` in ``split`` of a dataset folder this module wrote, in file order."""
+    with open(Path(out_dir) / split / f"{task_name}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def token_lengths(out_dir: str | os.PathLike, split: str = "train") -> dict[str, dict[str, int]]:
     """p50/p95/max Mistral-v3 token counts per task: prompts and prompt+answer, or query and passage texts."""
     from recfound_jax.tokenizer import Tokenizer
@@ -677,8 +683,7 @@ def token_lengths(out_dir: str | os.PathLike, split: str = "train") -> dict[str,
     tok = Tokenizer()
     report = {}
     for task in TASKS:
-        with open(Path(out_dir) / split / f"{task.name}.jsonl", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
+        rows = read_rows(out_dir, split, task.name)
         if task.is_embedding:
             groups = {"query": [r["query"][1] for r in rows],
                       "passage": [p[1] for r in rows for p in r["pos"] + r["neg"]],
