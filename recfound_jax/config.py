@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.rank = 16
     c.tmole.alpha = 64.0
     c.tmole.dropout = 0.1
-    c.tmole.dropout_rng = "threefry"  # or "rbg": XLA's RngBitGenerator (tmole.dropout_keep_mask)
+    c.tmole.dropout_rng = "threefry"  # or "threefry16" (a quarter of the hashing) or "rbg" (tmole.dropout_keep_mask)
     c.tmole.task_embedding_dim = 512
     c.tmole.router_hidden = ()
 

@@ -6,7 +6,8 @@ Train (512 tokens, micro-batch 16, dots_saveable, cuDNN, TMoLE 2/2/2 r16, random
 forward alone; the full step as scripts/bench_gpu.py runs it (full-vocabulary CE at every position,
 dropout 0.1); with LM-head logits only at 64 answer positions; without dropout; plain LoRA
 (one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs);
-the full step with the layers unrolled instead of scanned (no stacked residuals or weight slices). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
+the full step with the layers unrolled instead of scanned (no stacked residuals or weight slices); the full
+step with its dropout masks drawn as packed Threefry (tmole.dropout_rng = "threefry16"). Decode (batch 128, cache of 384 slots): the prefill of 256 tokens;
 one decode step with adapters (layer slices and gates computed once, as `greedy_decode` does); without
 adapters. --trace DIR adds, with CUDA graphs off, a profiler trace of one decode step, of the forward
 and of one full train step, their optimized HLO, and tables of device time per op kind and per op
@@ -96,7 +97,7 @@ def trace(name: str, fn, *args):
     return out
 
 
-TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8", "unrolled")
+TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8", "unrolled", "threefry16")
 
 
 def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float, float, float]]:
@@ -114,6 +115,8 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, float
                  "dots_saveable"),
         "no_remat_mb8": ("step: every position, no remat, micro-batch 8", TMoLEConfig(), 8, "all", "none"),
         "unrolled": ("step: full, layers unrolled (no scan)", TMoLEConfig(), 16, "all", "dots_saveable"),
+        "threefry16": ("step: full, dropout masks from packed Threefry", TMoLEConfig(dropout_rng="threefry16"), 16,
+                       "all", "dots_saveable"),
     }
     for key in names:
         name, tmole, micro, labels, remat = variants[key]

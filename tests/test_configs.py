@@ -40,5 +40,6 @@ def test_unknown_dropout_rng_is_named():
     c.tmole.dropout_rng = "philox"
     with pytest.raises(config_lib.ConfigError, match=r"config\.tmole\.dropout_rng: 'philox' not in"):
         config_lib.validate(c, device_count=1)
-    c.tmole.dropout_rng = "rbg"
-    config_lib.validate(c, device_count=1)
+    for rng in ("rbg", "threefry16"):
+        c.tmole.dropout_rng = rng
+        config_lib.validate(c, device_count=1)

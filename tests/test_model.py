@@ -13,7 +13,7 @@ from recfound_jax.data import tasks
 from recfound_jax.model import attention
 from recfound_jax.model.hf import folded_weights
 from recfound_jax.model.mistral import Mistral, MistralConfig
-from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, folded_delta
+from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, expert_delta, folded_delta, kept_fraction
 
 CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rope_theta=1e4)
@@ -168,7 +168,7 @@ def test_forward_on_8_device_fsdp_mesh_equals_single_device():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("dropout_rng", ["threefry", "rbg"])
+@pytest.mark.parametrize("dropout_rng", ["threefry", "threefry16", "rbg"])
 def test_remat_policies_give_the_same_gradients(dropout_rng):
     """With adapter dropout on: a rematerialised layer must draw the forward's masks again, bit for bit."""
     tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.3, task_embedding_dim=16, dropout_rng=dropout_rng)
@@ -193,7 +193,7 @@ def test_remat_policies_give_the_same_gradients(dropout_rng):
     assert np.abs(dropped - plain).max() > 0.1 * np.abs(plain).max()  # the masks are really applied
 
 
-@pytest.mark.parametrize("rng", ["threefry", "rbg"])
+@pytest.mark.parametrize("rng", ["threefry", "threefry16", "rbg"])
 def test_dropout_keep_mask_rate_and_determinism(rng):
     key = jax.random.key(11)
     mask = np.asarray(dropout_keep_mask(key, 0.9, (64, 512), rng))
@@ -208,6 +208,38 @@ def test_rbg_masks_are_not_threefry_masks():
     key = jax.random.key(11)
     threefry, rbg = (np.asarray(dropout_keep_mask(key, 0.5, (4096,), r)) for r in ("threefry", "rbg"))
     assert 0.4 < (threefry != rbg).mean() < 0.6
+
+
+def test_threefry16_draws_are_threefry_64_bit_words_in_quarters():
+    """Each 64-bit Threefry word (jax.random.bits' own, counted by flat index over [rows, ceil(n / 4)]) gives
+    four 16-bit draws, high half first; a last axis n that is not a multiple of 4 drops its last word's tail."""
+    from recfound_jax.model.tmole import _threefry16_draws  # noqa: PLC0415
+
+    key = jax.random.key(11)
+    for n in (20, 18, 9):
+        with jax.enable_x64(True), jax.threefry_partitionable(True):
+            words = np.asarray(jax.random.bits(key, (3, -(-n // 4)), jnp.uint64))
+        quarters = np.stack([(words >> 32) & 0xFFFF, words >> 48, words & 0xFFFF, (words >> 16) & 0xFFFF], axis=-1)
+        expected = quarters.reshape(3, -1)[:, :n]
+        np.testing.assert_array_equal(np.asarray(_threefry16_draws(key, (3, n))), expected, err_msg=f"n={n}")
+
+
+def test_threefry16_dropout_divides_by_the_kept_fraction():
+    """expert_delta with threefry16 masks = numpy's (x * mask / kept fraction) A B, the fraction a multiple of
+    2**-16 (58,982 / 65,536 for a rate of 0.1), so the expectation is exact."""
+    assert kept_fraction(0.9, "threefry16") == 58982 / 65536
+    assert kept_fraction(0.9, "threefry") == 0.9
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    a, b = rng.normal(size=(3, 8, 4)).astype(np.float32), rng.normal(size=(3, 4, 6)).astype(np.float32)
+    gate = rng.random((2, 3)).astype(np.float32)
+    key = jax.random.key(4)
+    got = expert_delta(jnp.asarray(x), jnp.asarray(gate), jnp.asarray(a), jnp.asarray(b), scale=2.0,
+                       dropout_rate=0.1, dropout_key=key, dropout_rng="threefry16")
+    mask = np.asarray(dropout_keep_mask(key, 0.9, x.shape, "threefry16"))
+    dropped = x * mask / (58982 / 65536)
+    expected = 2.0 * np.einsum("bn,btnr,nro->bto", gate, np.einsum("btd,ndr->btnr", dropped, a), b)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_dropout_rng_is_refused():

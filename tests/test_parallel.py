@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from recfound_jax import parallel
 from recfound_jax.model.mistral import Mistral, MistralConfig
+from recfound_jax.model import tmole
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.train import step as step_lib
 
@@ -81,6 +82,7 @@ def _reference(dropout_rng: str):
 
 
 # every mesh with Threefry dropout masks; RngBitGenerator's ("rbg") on the mesh that splits all three axes
+# (packed Threefry's masks: test_threefry16_masks_do_not_depend_on_the_sharding)
 @pytest.mark.parametrize("shape,dropout_rng", [(m, "threefry") for m in MESHES] + [((2, 2, 2), "rbg")],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_sharded_step_equals_single_device(shape, dropout_rng):
@@ -114,6 +116,23 @@ def test_sharded_step_equals_single_device(shape, dropout_rng):
     # the updated state keeps the partition rules' shardings
     bank = lambda tree: tree["adapters"]["banks"]["q"]["a"][...]  # noqa: E731
     assert bank(state["params"]).sharding == bank(params).sharding
+
+
+@pytest.mark.parametrize("hidden", [32, 18])
+def test_threefry16_masks_do_not_depend_on_the_sharding(hidden):
+    """Packed Threefry draws (tmole.dropout_rng = "threefry16") on activations split by sample over
+    data x fsdp and by width over tensor are the single device's, bit for bit."""
+    mesh = parallel.make_mesh((2, 2, 2))
+    shape = (16, 9, hidden)
+    key = jax.random.key(5)
+
+    def mask(k):
+        return tmole.dropout_keep_mask(k, 0.9, shape, "threefry16")
+
+    sharding = NamedSharding(mesh, P(parallel.BATCH_AXES, None, "tensor"))
+    sharded = jax.jit(mask, in_shardings=parallel.replicated(mesh), out_shardings=sharding)(key)
+    assert sharded.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(sharded), np.asarray(jax.jit(mask)(key)))
 
 
 def test_params_are_sharded_as_the_rules_say():
