@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.alpha = 64.0
     c.tmole.dropout = 0.1
     c.tmole.dropout_rng = "threefry"  # or "threefry16" (a quarter of the hashing) or "rbg" (tmole.dropout_keep_mask)
+    c.tmole.dropout_shared_qkv = False  # True: one dropout mask for the q, k and v adapters (one A contraction)
     c.tmole.task_embedding_dim = 512
     c.tmole.router_hidden = ()
 
@@ -124,6 +125,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check(t.rank > 0, "tmole.rank", f"must be > 0, got {t.rank}")
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
     _check(t.dropout_rng in DROPOUT_RNGS, "tmole.dropout_rng", f"{t.dropout_rng!r} not in {DROPOUT_RNGS}")
+    _check(isinstance(t.dropout_shared_qkv, bool), "tmole.dropout_shared_qkv",
+           f"must be True or False, got {t.dropout_shared_qkv!r}")
     for key in ("query_len", "passage_len", "generative_len"):
         _check(c.data[key] >= 8, f"data.{key}", f"must be >= 8, got {c.data[key]}")
     max_positions = base_max_positions(c.model.base)

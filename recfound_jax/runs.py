@@ -29,7 +29,8 @@ def tmole_config(c: ml_collections.ConfigDict) -> TMoLEConfig:
     t = c.tmole
     return TMoLEConfig(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
                        num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
-                       dropout_rng=t.get("dropout_rng", "threefry"),  # runs written before the option: threefry
+                       dropout_rng=t.get("dropout_rng", "threefry"),  # runs written before the options
+                       dropout_shared_qkv=t.get("dropout_shared_qkv", False),
                        task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
 
 

@@ -6,7 +6,8 @@ Two tables. Masks: one adapter-dropout application (``tmole.dropout_keep_mask`` 
 ``expert_delta`` does it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
 Step: the project's joint train step (generative branch, every position, AdamW, dots_saveable) of a
 mid-size random model (hidden 1024, 2 layers, 8 x 256 tokens, float32 on the CPU, bf16 elsewhere) with
-dropout 0.1 drawn by each generator, and without dropout: how much of dropout's cost each one leaves.
+dropout 0.1 drawn by each generator, per projection or one mask for q/k/v (tmole.dropout_shared_qkv), and
+without dropout: how much of dropout's cost each one leaves.
 Medians of ``--steps`` calls after compile and two warm-ups, the variants timed in alternation.
 """
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> None:
         print(f"| {rng} | {1e3 * seconds:.2f} |")
     dtype = jnp.float32 if device.platform == "cpu" else jnp.bfloat16
     variants = [(rng, TMoLEConfig(dropout=RATE, dropout_rng=rng)) for rng in DROPOUT_RNGS]
+    variants += [(f"{rng}, one mask for q/k/v", TMoLEConfig(dropout=RATE, dropout_rng=rng, dropout_shared_qkv=True))
+                 for rng in ("threefry", "threefry16")]
     variants.append(("no dropout", TMoLEConfig(dropout=0.0)))
     steps = median_times([step_run(tmole, dtype) for _, tmole in variants], args.steps)
     free = steps[-1]

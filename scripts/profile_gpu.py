@@ -7,7 +7,8 @@ forward alone; the full step as scripts/bench_gpu.py runs it (full-vocabulary CE
 dropout 0.1); with LM-head logits only at 64 answer positions; without dropout; plain LoRA
 (one rank-16 expert, no router); no rematerialisation at micro-batch 8 (what recomputation costs);
 the full step with the layers unrolled instead of scanned (no stacked residuals or weight slices); the full
-step with its dropout masks drawn as packed Threefry (tmole.dropout_rng = "threefry16"); the full step compiled
+step with its dropout masks drawn as packed Threefry (tmole.dropout_rng = "threefry16"), and also with one mask
+for the q, k and v adapters (tmole.dropout_shared_qkv: one A contraction); the full step compiled
 with XLA free to give any GEMM to Triton, which may fuse the GEMM's elementwise producers (SwiGLU, dropout)
 into it, and without the launcher's while-loop double buffering (per-program compiler options, one
 process). Rows print as they finish. Decode (batch 128, cache of 384 slots): the prefill of 256 tokens; one
@@ -107,7 +108,7 @@ def trace(name: str, fn, *args):
 
 
 TRAIN_VARIANTS = ("forward", "full", "answers", "no_dropout", "lora", "no_remat_mb8", "unrolled", "threefry16",
-                  "triton_any", "no_double_buffering")
+                  "shared_qkv", "triton_any", "no_double_buffering")
 
 
 def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> Iterator[tuple[str, float, float, float]]:
@@ -127,6 +128,8 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> Iterator[tuple[str, f
         "unrolled": ("step: full, layers unrolled (no scan)", TMoLEConfig(), 16, "all", "dots_saveable"),
         "threefry16": ("step: full, dropout masks from packed Threefry", TMoLEConfig(dropout_rng="threefry16"), 16,
                        "all", "dots_saveable"),
+        "shared_qkv": ("step: full, packed Threefry, one dropout mask for q/k/v",
+                       TMoLEConfig(dropout_rng="threefry16", dropout_shared_qkv=True), 16, "all", "dots_saveable"),
         "triton_any": ("step: full, xla_gpu_triton_gemm_any", TMoLEConfig(), 16, "all", "dots_saveable",
                        {"xla_gpu_triton_gemm_any": True}),
         "no_double_buffering": ("step: full, no while-loop double buffering", TMoLEConfig(), 16, "all",

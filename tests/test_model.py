@@ -1,6 +1,8 @@
 """The Flax Mistral on its own: KV cache, attention forms, sharded forward, TMoLE gates and folding."""
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,8 @@ from recfound_jax.data import tasks
 from recfound_jax.model import attention
 from recfound_jax.model.hf import folded_weights
 from recfound_jax.model.mistral import Mistral, MistralConfig
-from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, expert_delta, folded_delta, kept_fraction
+from recfound_jax.model.tmole import (TMoLEConfig, dropout_keep_mask, expert_delta, expert_deltas, folded_delta,
+                                     kept_fraction)
 
 CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rope_theta=1e4)
@@ -168,10 +171,12 @@ def test_forward_on_8_device_fsdp_mesh_equals_single_device():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("dropout_rng", ["threefry", "threefry16", "rbg"])
-def test_remat_policies_give_the_same_gradients(dropout_rng):
+@pytest.mark.parametrize("dropout_rng,shared_qkv", [("threefry", False), ("threefry16", False), ("rbg", False),
+                                                  ("threefry", True)])
+def test_remat_policies_give_the_same_gradients(dropout_rng, shared_qkv):
     """With adapter dropout on: a rematerialised layer must draw the forward's masks again, bit for bit."""
-    tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.3, task_embedding_dim=16, dropout_rng=dropout_rng)
+    tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.3, task_embedding_dim=16, dropout_rng=dropout_rng,
+                        dropout_shared_qkv=shared_qkv)
     model = Mistral(CFG, tmole=tmole, rngs=nnx.Rngs(0))
     _randomise_b(model)
     ids, task_ids = _ids(), jnp.array([3, 4, 5])
@@ -240,6 +245,61 @@ def test_threefry16_dropout_divides_by_the_kept_fraction():
     dropped = x * mask / (58982 / 65536)
     expected = 2.0 * np.einsum("bn,btnr,nro->bto", gate, np.einsum("btd,ndr->btnr", dropped, a), b)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_deltas_share_one_mask_and_one_a_contraction():
+    """Banks on one input (q, k, v): numpy's gated (x * mask / keep) A B of each, with one mask; each equals
+    its own expert_delta under the same key (the same mask); banks of other sizes and widths split right."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    shapes = [(3, 6), (3, 4), (2, 4)]  # (experts, d_out) of each bank
+    banks = [(rng.random((2, n)).astype(np.float32), rng.normal(size=(n, 8, 4)).astype(np.float32),
+              rng.normal(size=(n, 4, o)).astype(np.float32)) for n, o in shapes]
+    key = jax.random.key(9)
+    kwargs = dict(scale=2.0, dropout_rate=0.25, dropout_key=key)
+    got = expert_deltas(jnp.asarray(x), [tuple(map(jnp.asarray, bank)) for bank in banks], **kwargs)
+    dropped = x * np.asarray(dropout_keep_mask(key, 0.75, x.shape)) / 0.75
+    for (gate, a, b), out in zip(banks, got):
+        expected = 2.0 * np.einsum("bn,btnr,nro->bto", gate, np.einsum("btd,ndr->btnr", dropped, a), b)
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(expert_delta(jnp.asarray(x), gate, a, b, **kwargs)),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def _mask_draws_per_layer(tmole: TMoLEConfig) -> int:
+    """How many activation-sized dropout masks one forward draws in its layer scan (threefry16 draws: one
+    threefry2x32 over [B, T, words] a mask; key splits are smaller)."""
+    model = Mistral(CFG, tmole=tmole, rngs=nnx.Rngs(0))
+    ids, task_ids = _ids(), jnp.array([3, 4, 5])
+    jaxpr = jax.make_jaxpr(lambda m: m(ids, task_ids=task_ids, dropout_key=jax.random.key(1)))(model)
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "threefry2x32" and eqn.outvars[0].aval.ndim == 3:
+                total += 1
+            for sub in _subjaxprs(eqn):
+                total += count(sub)
+        return total
+
+    return count(jaxpr.jaxpr)
+
+
+def _subjaxprs(eqn):
+    """The jaxprs an equation holds (a scan's body, a pjit's or checkpoint's function)."""
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item
+
+
+def test_dropout_shared_qkv_draws_one_mask_for_q_k_and_v():
+    """Per projection (PEFT's way) a layer draws four masks (q, k, v, o); shared, two (q/k/v and o)."""
+    tmole = TMoLEConfig(rank=4, alpha=8.0, dropout=0.1, task_embedding_dim=16, dropout_rng="threefry16")
+    assert _mask_draws_per_layer(tmole) == 4
+    assert _mask_draws_per_layer(dataclasses.replace(tmole, dropout_shared_qkv=True)) == 2
 
 
 def test_unknown_dropout_rng_is_refused():

@@ -24,7 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from recfound_jax import parallel
 from recfound_jax.model import attention
-from recfound_jax.model.tmole import TMoLE, TMoLEConfig, expert_delta
+from recfound_jax.model.tmole import TMoLE, TMoLEConfig, expert_deltas
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -386,24 +386,34 @@ def _decoder_layer(
     if "dropout" in x:
         dropout_keys = dict(zip(adapters, jax.random.split(x["dropout"], len(adapters))))
 
-    def project(inp: jax.Array, name: str) -> jax.Array:
-        out = linear(inp, w[name])
-        if name in adapters:
-            bank = adapters[name]
-            out = out + expert_delta(
-                inp, bank["gate"], bank["a"], bank["b"], scale=tmole_cfg.scale, dropout_rate=tmole_cfg.dropout,
-                dropout_key=None if dropout_keys is None else dropout_keys[name], dropout_rng=tmole_cfg.dropout_rng)
+    def deltas(inp: jax.Array, names: list[str]) -> dict[str, jax.Array]:
+        """The adapter outputs of these projections on their common input ``inp``."""
+        names = [n for n in names if n in adapters]
+        shared = dropout_keys is None or (tmole_cfg.dropout_shared_qkv and set(names) <= {"q", "k", "v"})
+        out = {}
+        for group in [names] if shared else [[n] for n in names]:
+            if group:
+                out.update(zip(group, expert_deltas(
+                    inp, [(adapters[n]["gate"], adapters[n]["a"], adapters[n]["b"]) for n in group],
+                    scale=tmole_cfg.scale, dropout_rate=tmole_cfg.dropout,
+                    dropout_key=None if dropout_keys is None else dropout_keys[group[0]],
+                    dropout_rng=tmole_cfg.dropout_rng)))
         return out
+
+    def project(inp: jax.Array, name: str, delta: dict[str, jax.Array]) -> jax.Array:
+        out = linear(inp, w[name])
+        return out + delta[name] if name in delta else out
 
     batch, length, _ = h.shape
     normed = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps)
-    q = project(normed, "q").reshape(batch, length, cfg.num_heads, cfg.head_dim)
-    k = project(normed, "k").reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
-    v = project(normed, "v").reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
+    qkv_deltas = deltas(normed, ["q", "k", "v"])
+    q = project(normed, "q", qkv_deltas).reshape(batch, length, cfg.num_heads, cfg.head_dim)
+    k = project(normed, "k", qkv_deltas).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
+    v = project(normed, "v", qkv_deltas).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     attn, extra = attend(q, k, v)
-    attn = checkpoint_name(attn, "attention_out")
-    h = h + project(attn.reshape(batch, length, cfg.q_dim), "o")
+    attn = checkpoint_name(attn, "attention_out").reshape(batch, length, cfg.q_dim)
+    h = h + project(attn, "o", deltas(attn, ["o"]))
     normed = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps)
     hidden = jax.nn.silu(linear(normed, w["gate"])) * linear(normed, w["up"])
     h = h + linear(hidden, w["down"])

@@ -9,12 +9,16 @@ get -inf before the softmax, so embedding tasks never use generative experts and
 
 The gate depends only on the task, so for a fixed task the bank folds into one dense delta
 (`folded_delta`). ``enabled=False`` gives one plain LoRA per projection (the paper's ablation).
+Each projection draws its own dropout mask, as PEFT's LoRA modules do; ``dropout_shared_qkv`` draws one
+for q, k and v, which read the same input. Banks under one mask run their A contractions as one
+(`expert_deltas`): q, k and v always do when no dropout is drawn (evaluation, inference, rate 0).
 Expert order in a bank: embedding experts, then shared, then generative (METHOD.md §4).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +48,7 @@ class TMoLEConfig:
     alpha: float = 64.0
     dropout: float = 0.1
     dropout_rng: str = "threefry"  # how dropout masks are drawn: see `dropout_keep_mask`
+    dropout_shared_qkv: bool = False  # one mask for the q, k and v adapters (they read the same input)
     task_embedding_dim: int = 512
     router_hidden: tuple[int, ...] = ()
     targets: tuple[str, ...] = TARGETS
@@ -146,29 +151,42 @@ class TMoLE(nnx.Module):
         return out
 
 
-def expert_delta(
+Bank = tuple[jax.Array, jax.Array, jax.Array]  # (gate [B, N], a [N, d_in, r], b [N, r, d_out])
+
+
+def expert_deltas(
     x: jax.Array,
-    gate: jax.Array,
-    a: jax.Array,
-    b: jax.Array,
+    banks: Sequence[Bank],
     *,
     scale: float,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     dropout_rng: str = "threefry",
-) -> jax.Array:
-    """The gated bank's output for x [B, T, d_in]: (scale) sum_j gate[:, j] (dropout(x) A_j) B_j.
+) -> list[jax.Array]:
+    """Each gated bank's output for x [B, T, d_in]: (scale) sum_j gate[:, j] (dropout(x) A_j) B_j.
 
-    gate [B, N]; a [N, d_in, r]; b [N, r, d_out]. Two batched contractions, no loop over experts.
-    Computed in x's dtype; adapters are cast to it.
+    The banks read the same input and the same dropout mask, so their A contractions run as one (one
+    read of x, one wider GEMM), then one B contraction a bank; no loop over experts. Computed in x's
+    dtype; adapters are cast to it.
     """
     if dropout_key is not None and dropout_rate > 0.0:
         keep_prob = 1.0 - dropout_rate
         keep = dropout_keep_mask(dropout_key, keep_prob, x.shape, dropout_rng)
         x = jnp.where(keep, x / kept_fraction(keep_prob, dropout_rng), 0).astype(x.dtype)
-    xa = jnp.einsum("btd,ndr->btnr", x, a.astype(x.dtype))
-    xa = xa * (gate.astype(x.dtype) * scale)[:, None, :, None]
-    return jnp.einsum("btnr,nro->bto", xa, b.astype(x.dtype))
+    gates, a, b = zip(*banks)
+    xa = jnp.einsum("btd,ndr->btnr", x, jnp.concatenate([ai.astype(x.dtype) for ai in a]))
+    xa = xa * (jnp.concatenate(gates, axis=-1).astype(x.dtype) * scale)[:, None, :, None]
+    outputs, start = [], 0
+    for bi in b:
+        stop = start + bi.shape[0]
+        outputs.append(jnp.einsum("btnr,nro->bto", xa[:, :, start:stop], bi.astype(x.dtype)))
+        start = stop
+    return outputs
+
+
+def expert_delta(x: jax.Array, gate: jax.Array, a: jax.Array, b: jax.Array, **kwargs) -> jax.Array:
+    """One bank's output (`expert_deltas`): gate [B, N]; a [N, d_in, r]; b [N, r, d_out]."""
+    return expert_deltas(x, [(gate, a, b)], **kwargs)[0]
 
 
 def dropout_keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...], rng: str = "threefry") -> jax.Array:
