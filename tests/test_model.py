@@ -14,7 +14,7 @@ from recfound_jax import parallel
 from recfound_jax.data import tasks
 from recfound_jax.model import attention
 from recfound_jax.model.hf import folded_weights
-from recfound_jax.model.mistral import Mistral, MistralConfig
+from recfound_jax.model.mistral import Mistral, MistralConfig, head_logits
 from recfound_jax.model.tmole import (TMoLEConfig, dropout_keep_mask, expert_delta, expert_deltas, folded_delta,
                                      kept_fraction)
 
@@ -327,3 +327,32 @@ def test_unrolled_layers_equal_the_scan():
         model.scan_layers = scan
         results[scan] = (loss(model), nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(model), prefill(model))
     chex.assert_trees_all_close(results[False], results[True], atol=1e-6)
+
+
+def test_lm_head_gradient_runs_in_the_model_dtype():
+    """float32: the LM head's custom gradient is autodiff's. bf16: every GEMM of the cross-entropy's gradient
+    takes bf16 operands (autodiff would contract the float32 cotangent as a float32 GEMM over the vocabulary),
+    and the gradient stays within bf16 rounding of the float32 one."""
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    weight = jnp.asarray(0.3 * rng.normal(size=(64, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 64, (2, 5)))
+
+    def loss(logits_fn, h, w):
+        logits = logits_fn(h, w)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1).mean()
+
+    def autodiff(h, w):
+        return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+
+    grad = jax.grad(loss, argnums=(1, 2))
+    chex.assert_trees_all_close(grad(head_logits, hidden, weight), grad(autodiff, hidden, weight), atol=1e-6)
+    low = (hidden.astype(jnp.bfloat16), weight.astype(jnp.bfloat16))
+    jaxpr = jax.make_jaxpr(grad, static_argnums=0)(head_logits, *low)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 2 and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
+    low_grads = grad(head_logits, *low)
+    assert all(g.dtype == jnp.bfloat16 for g in low_grads)
+    chex.assert_trees_all_close(jax.tree.map(lambda g: g.astype(jnp.float32), low_grads),
+                                grad(autodiff, *(x.astype(jnp.bfloat16).astype(jnp.float32) for x in low)),
+                                rtol=3e-2, atol=2e-3)

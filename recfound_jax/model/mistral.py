@@ -76,6 +76,31 @@ class MistralConfig:
         return self.num_layers * per_layer + 2 * v * d + d
 
 
+@jax.custom_vjp
+def head_logits(hidden: jax.Array, weight: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] of hidden [..., D] against weight [V, D] (both in the model's dtype).
+
+    Its gradient runs in the model's dtype: autodiff would contract the float32 cotangent with the bf16
+    weight as a float32 GEMM over the whole vocabulary, the step's largest matmul after the layers.
+    """
+    return jnp.einsum("...d,vd->...v", hidden, weight, preferred_element_type=jnp.float32)
+
+
+def _head_logits_fwd(hidden: jax.Array, weight: jax.Array):
+    return head_logits(hidden, weight), (hidden, weight)
+
+
+def _head_logits_bwd(residuals, cotangent: jax.Array):
+    hidden, weight = residuals
+    cotangent = cotangent.astype(hidden.dtype)
+    d_hidden = jnp.einsum("...v,vd->...d", cotangent, weight, preferred_element_type=jnp.float32)
+    d_weight = jnp.einsum("...v,...d->vd", cotangent, hidden, preferred_element_type=jnp.float32)
+    return d_hidden.astype(hidden.dtype), d_weight.astype(weight.dtype)
+
+
+head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """HF Mistral's RMSNorm: normalise in float32, cast back, then scale."""
     x32 = x.astype(jnp.float32)
@@ -234,8 +259,7 @@ class Mistral(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM-head logits (float32 accumulation) of hidden states [..., D]."""
-        return jnp.einsum("...d,vd->...v", hidden, self.lm_head[...].astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        return head_logits(hidden, self.lm_head[...].astype(hidden.dtype))
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         """An empty KV cache of ``length`` slots: one {"k", "v"} [B, KV heads, S, head_dim] per layer.

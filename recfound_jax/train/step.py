@@ -167,8 +167,9 @@ def answer_cross_entropy(model, batch: Batch, budget: int, dropout_key=None) -> 
     """Per-sample (sum of answer-token losses, count), with LM-head logits only at answer positions."""
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], task_ids=batch["task_ids"],
                                  causal=True, dropout_key=dropout_key)
-    if budget <= 0:
-        return losses.per_sample_cross_entropy(model.logits(hidden), batch["labels"])
+    if budget <= 0:  # every position but the last predicts its next token (slice hidden, not the logits)
+        targets = batch["labels"][:, 1:]
+        return losses.target_cross_entropy(model.logits(hidden[:, :-1]), targets, targets != losses.IGNORE)
     positions, targets, valid = losses.answer_positions(batch["labels"], budget)
     selected = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     return losses.target_cross_entropy(model.logits(selected), targets, valid)
