@@ -3,7 +3,7 @@
     python scripts/bench_dropout.py [--steps 5]            # CPU here; on a GPU the same command
 
 Two tables. Masks: one adapter-dropout application (``tmole.dropout_keep_mask`` and the rescale, as
-``expert_delta`` does it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
+``expert_deltas`` does it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
 Step: the project's joint train step (generative branch, every position, AdamW, dots_saveable) of a
 mid-size random model (hidden 1024, 2 layers, 8 x 256 tokens, float32 on the CPU, bf16 elsewhere) with
 dropout 0.1 drawn by each generator, per projection or one mask for q/k/v (tmole.dropout_shared_qkv), and

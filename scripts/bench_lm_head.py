@@ -34,14 +34,13 @@ VOCAB = 32768
 
 def project_loss(hidden: jax.Array, weight: jax.Array, labels: jax.Array) -> jax.Array:
     """The train step's form: logits of hidden[:, :-1] only, gradient GEMMs in the model's dtype."""
-    targets = labels[:, 1:]
-    return losses.target_cross_entropy(head_logits(hidden[:, :-1], weight), targets, targets != losses.IGNORE)[0].sum()
+    return losses.per_sample_cross_entropy(head_logits(hidden[:, :-1], weight), labels)[0].sum()
 
 
 def autodiff_loss(hidden: jax.Array, weight: jax.Array, labels: jax.Array) -> jax.Array:
     """Float32 logits of every position, sliced, differentiated by JAX."""
     logits = jnp.einsum("...d,vd->...v", hidden, weight, preferred_element_type=jnp.float32)
-    return losses.per_sample_cross_entropy(logits, labels)[0].sum()
+    return losses.per_sample_cross_entropy(logits[:, :-1], labels)[0].sum()
 
 
 def runner(loss: Callable, hidden: jax.Array, weight: jax.Array,

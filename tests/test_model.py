@@ -15,8 +15,7 @@ from recfound_jax.data import tasks
 from recfound_jax.model import attention
 from recfound_jax.model.hf import folded_weights
 from recfound_jax.model.mistral import Mistral, MistralConfig, head_logits
-from recfound_jax.model.tmole import (TMoLEConfig, dropout_keep_mask, expert_delta, expert_deltas, folded_delta,
-                                     kept_fraction)
+from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, expert_deltas, folded_delta, kept_fraction
 
 CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rope_theta=1e4)
@@ -230,7 +229,7 @@ def test_threefry16_draws_are_threefry_64_bit_words_in_quarters():
 
 
 def test_threefry16_dropout_divides_by_the_kept_fraction():
-    """expert_delta with threefry16 masks = numpy's (x * mask / kept fraction) A B, the fraction a multiple of
+    """expert_deltas with threefry16 masks = numpy's (x * mask / kept fraction) A B, the fraction a multiple of
     2**-16 (58,982 / 65,536 for a rate of 0.1), so the expectation is exact."""
     assert kept_fraction(0.9, "threefry16") == 58982 / 65536
     assert kept_fraction(0.9, "threefry") == 0.9
@@ -239,8 +238,8 @@ def test_threefry16_dropout_divides_by_the_kept_fraction():
     a, b = rng.normal(size=(3, 8, 4)).astype(np.float32), rng.normal(size=(3, 4, 6)).astype(np.float32)
     gate = rng.random((2, 3)).astype(np.float32)
     key = jax.random.key(4)
-    got = expert_delta(jnp.asarray(x), jnp.asarray(gate), jnp.asarray(a), jnp.asarray(b), scale=2.0,
-                       dropout_rate=0.1, dropout_key=key, dropout_rng="threefry16")
+    got, = expert_deltas(jnp.asarray(x), [(jnp.asarray(gate), jnp.asarray(a), jnp.asarray(b))], scale=2.0,
+                         dropout_rate=0.1, dropout_key=key, dropout_rng="threefry16")
     mask = np.asarray(dropout_keep_mask(key, 0.9, x.shape, "threefry16"))
     dropped = x * mask / (58982 / 65536)
     expected = 2.0 * np.einsum("bn,btnr,nro->bto", gate, np.einsum("btd,ndr->btnr", dropped, a), b)
@@ -249,7 +248,7 @@ def test_threefry16_dropout_divides_by_the_kept_fraction():
 
 def test_expert_deltas_share_one_mask_and_one_a_contraction():
     """Banks on one input (q, k, v): numpy's gated (x * mask / keep) A B of each, with one mask; each equals
-    its own expert_delta under the same key (the same mask); banks of other sizes and widths split right."""
+    the bank alone under the same key (the same mask); banks of other sizes and widths split right."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 5, 8)).astype(np.float32)
     shapes = [(3, 6), (3, 4), (2, 4)]  # (experts, d_out) of each bank
@@ -262,8 +261,8 @@ def test_expert_deltas_share_one_mask_and_one_a_contraction():
     for (gate, a, b), out in zip(banks, got):
         expected = 2.0 * np.einsum("bn,btnr,nro->bto", gate, np.einsum("btd,ndr->btnr", dropped, a), b)
         np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(out), np.asarray(expert_delta(jnp.asarray(x), gate, a, b, **kwargs)),
-                                   rtol=1e-6, atol=1e-6)
+        alone, = expert_deltas(jnp.asarray(x), [(gate, a, b)], **kwargs)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(alone), rtol=1e-6, atol=1e-6)
 
 
 def _mask_draws_per_layer(tmole: TMoLEConfig) -> int:

@@ -413,7 +413,7 @@ def _decoder_layer(
     def deltas(inp: jax.Array, names: list[str]) -> dict[str, jax.Array]:
         """The adapter outputs of these projections on their common input ``inp``."""
         names = [n for n in names if n in adapters]
-        shared = dropout_keys is None or (tmole_cfg.dropout_shared_qkv and set(names) <= {"q", "k", "v"})
+        shared = dropout_keys is None or tmole_cfg.dropout_shared_qkv  # one mask (or none) for them all
         out = {}
         for group in [names] if shared else [[n] for n in names]:
             if group:

@@ -184,11 +184,6 @@ def expert_deltas(
     return outputs
 
 
-def expert_delta(x: jax.Array, gate: jax.Array, a: jax.Array, b: jax.Array, **kwargs) -> jax.Array:
-    """One bank's output (`expert_deltas`): gate [B, N]; a [N, d_in, r]; b [N, r, d_out]."""
-    return expert_deltas(x, [(gate, a, b)], **kwargs)[0]
-
-
 def dropout_keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...], rng: str = "threefry") -> jax.Array:
     """A Bernoulli(keep_prob) boolean mask of ``shape`` drawn from ``key`` (a default-implementation key).
 

@@ -35,14 +35,17 @@ def info_nce(queries: jax.Array, passages: jax.Array, temperature: float,
 
 
 def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-sample (sum of next-token losses [B], labelled-token count [B]); labels aligned with inputs."""
+    """Per-sample (sum of next-token losses [B], labelled-token count [B]) of the logits [B, T - 1, V] of
+    every position but the last; labels [B, T] aligned with inputs. (Slicing the hidden states before the
+    LM head, not the logits after it, keeps a full-size float32 slice and its padded gradient away.)"""
     targets = labels[:, 1:]
-    return target_cross_entropy(logits[:, :-1], targets, targets != IGNORE)
+    return target_cross_entropy(logits, targets, targets != IGNORE)
 
 
 def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of next-token losses, number of labelled tokens); labels aligned with inputs, IGNORE = no loss."""
-    sums, counts = per_sample_cross_entropy(logits, labels)
+    """(sum of next-token losses, number of labelled tokens) of logits [B, T, V] at every position; labels
+    aligned with inputs, IGNORE = no loss."""
+    sums, counts = per_sample_cross_entropy(logits[:, :-1], labels)
     return sums.sum(), counts.sum()
 
 

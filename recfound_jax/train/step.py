@@ -167,9 +167,8 @@ def answer_cross_entropy(model, batch: Batch, budget: int, dropout_key=None) -> 
     """Per-sample (sum of answer-token losses, count), with LM-head logits only at answer positions."""
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], task_ids=batch["task_ids"],
                                  causal=True, dropout_key=dropout_key)
-    if budget <= 0:  # every position but the last predicts its next token (slice hidden, not the logits)
-        targets = batch["labels"][:, 1:]
-        return losses.target_cross_entropy(model.logits(hidden[:, :-1]), targets, targets != losses.IGNORE)
+    if budget <= 0:
+        return losses.per_sample_cross_entropy(model.logits(hidden[:, :-1]), batch["labels"])
     positions, targets, valid = losses.answer_positions(batch["labels"], budget)
     selected = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     return losses.target_cross_entropy(model.logits(selected), targets, valid)
