@@ -54,8 +54,12 @@ def _batches(size: int = 16, seed: int = 0) -> tuple[dict, dict]:
 
 
 def _optimizer():
+    # Clipping at 1.0 scaled this batch's gradients (global norm ~167) down to Adam's eps (1e-8) for 1-4% of
+    # the adapter entries, where the update g / (|g| + eps) is decided by float32 reduction-order noise
+    # (measured: an entry at |g| = eps / 10 moved by 4e-5 between meshes). Clipping above the norm still runs
+    # the global-norm clip on the mesh, and leaves every update well conditioned.
     return step_lib.make_optimizer(learning_rate=1e-2, total_steps=10, warmup_ratio=0.0, weight_decay=0.01,
-                                   grad_clip=1.0)
+                                   grad_clip=1e3)
 
 
 def _grads_and_step(parts: step_lib.ModelParts, optimizer) -> callable:
@@ -81,9 +85,10 @@ def _reference(dropout_rng: str):
     return jax.device_get(jax.jit(_grads_and_step(parts, optimizer))(state, parts.base, emb, gen, jax.random.key(3)))
 
 
-# every mesh with Threefry dropout masks; RngBitGenerator's ("rbg") on the mesh that splits all three axes
-# (packed Threefry's masks: test_threefry16_masks_do_not_depend_on_the_sharding)
-@pytest.mark.parametrize("shape,dropout_rng", [(m, "threefry") for m in MESHES] + [((2, 2, 2), "rbg")],
+# every mesh with Threefry dropout masks; packed Threefry ("threefry16") and RngBitGenerator's ("rbg") on the
+# mesh that splits all three axes
+@pytest.mark.parametrize("shape,dropout_rng",
+                         [(m, "threefry") for m in MESHES] + [((2, 2, 2), "threefry16"), ((2, 2, 2), "rbg")],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_sharded_step_equals_single_device(shape, dropout_rng):
     reference = _reference(dropout_rng)
