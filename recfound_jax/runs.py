@@ -34,14 +34,15 @@ def tmole_config(c: ml_collections.ConfigDict) -> TMoLEConfig:
                        task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
 
 
-def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True) -> Path:
-    """The base checkpoint directory; "demo" builds (once) the tiny pretrained base."""
+def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: bool = True) -> Path:
+    """The base checkpoint directory; "demo" builds (once) the tiny pretrained base, with progress bars
+    unless ``progress`` is False."""
     if c.model.base != "demo":
         return Path(c.model.base).absolute()
     from recfound_jax import pretrain  # noqa: PLC0415 (only the demo needs it)
 
     base_config = config_lib.load_config_file(DEMO_BASE_CONFIG)
-    return Path(pretrain.ensure_base(base_config) if build else pretrain.base_dir(base_config))
+    return Path(pretrain.ensure_base(base_config, progress=progress) if build else pretrain.base_dir(base_config))
 
 
 def resolve_data(c: ml_collections.ConfigDict) -> Path:

@@ -13,7 +13,7 @@ import torch
 import transformers
 from flax import nnx
 
-from recfound_jax import config as config_lib, load_hf, pretrain as pt
+from recfound_jax import config as config_lib, load_hf, pretrain as pt, runs
 from recfound_jax.data import synthetic, synthetic_world
 from recfound_jax.model.mistral import BaseParam, Mistral
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
@@ -212,3 +212,13 @@ def test_a_crash_leaves_no_half_written_base(tmp_path, monkeypatch):
         pt.pretrain(tiny_config(), out, data_dir=tmp_path, progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_base_honours_the_progress_flag(monkeypatch):
+    """`--noprogress` reaches the demo base's build: runs.resolve_base hands its flag to ensure_base."""
+    seen = []
+    monkeypatch.setattr(pt, "ensure_base", lambda config, **kwargs: seen.append(kwargs) or "/base")
+    c = config_lib.load_config_file(DEMO_BASE_CONFIG.parent / "demo.py")
+    assert str(runs.resolve_base(c, progress=False)) == "/base"
+    assert str(runs.resolve_base(c)) == "/base"
+    assert seen == [{"progress": False}, {"progress": True}]

@@ -51,9 +51,9 @@ class Inputs:
     valid: formatting.TokenizedSplit
 
 
-def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path) -> Inputs:
+def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
     """Build or find the base and dataset, then validate and tokenize train and valid (cached)."""
-    base = runs.resolve_base(c)
+    base = runs.resolve_base(c, progress=progress)
     data = runs.resolve_data(c)
     tokenizer = Tokenizer(runs.tokenizer_path(base))
     cache = workdir / "token_cache"
@@ -235,7 +235,7 @@ class Trainer:
         config_lib.validate(c, device_count=jax.device_count())
         self.config, self.workdir, self.progress = c, Path(workdir).absolute(), progress
         prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
-        self.inputs = prepare_inputs(c, self.workdir)
+        self.inputs = prepare_inputs(c, self.workdir, progress)
         self.mesh = parallel.make_mesh(c.mesh.shape)
         model = runs.build_model(c, self.inputs.base, mesh=self.mesh)
         self.parts = step_lib.ModelParts.of(model)
