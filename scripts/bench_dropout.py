@@ -2,8 +2,8 @@
 
     python scripts/bench_dropout.py [--steps 5]            # CPU here; on a GPU the same command
 
-Two tables. Masks: one adapter-dropout application (``tmole.dropout_keep_mask`` and the rescale, as
-``expert_deltas`` does it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
+Two tables. Masks: one adapter-dropout application (``tmole.dropout``: the mask and the rescale, as
+``expert_deltas`` applies it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
 Step: the project's joint train step (generative branch, every position, AdamW, dots_saveable) of a
 mid-size random model (hidden 1024, 2 layers, 8 x 256 tokens, float32 on the CPU, bf16 elsewhere) with
 dropout 0.1 drawn by each generator, per projection or one mask for q/k/v (tmole.dropout_shared_qkv), and
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_step import median_times  # noqa: E402
 
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
-from recfound_jax.model.tmole import DROPOUT_RNGS, TMoLEConfig, dropout_keep_mask, kept_fraction  # noqa: E402
+from recfound_jax.model.tmole import DROPOUT_RNGS, TMoLEConfig, dropout  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
 MASK_SHAPE = (16 * 512, 4096)
@@ -42,10 +42,7 @@ def mask_run(rng: str) -> Callable[[], None]:
     x = jnp.ones(MASK_SHAPE, jnp.bfloat16)
     key = jax.random.key(0)
 
-    @jax.jit
-    def apply(k, x):
-        keep = dropout_keep_mask(k, 1.0 - RATE, x.shape, rng)
-        return jnp.where(keep, x / kept_fraction(1.0 - RATE, rng), 0).astype(x.dtype)
+    apply = jax.jit(lambda k, x: dropout(x, k, RATE, rng))
 
     def run() -> None:
         jax.block_until_ready(apply(key, x))

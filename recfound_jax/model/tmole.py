@@ -170,9 +170,7 @@ def expert_deltas(
     dtype; adapters are cast to it.
     """
     if dropout_key is not None and dropout_rate > 0.0:
-        keep_prob = 1.0 - dropout_rate
-        keep = dropout_keep_mask(dropout_key, keep_prob, x.shape, dropout_rng)
-        x = jnp.where(keep, x / kept_fraction(keep_prob, dropout_rng), 0).astype(x.dtype)
+        x = dropout(x, dropout_key, dropout_rate, dropout_rng)
     gates, a, b = zip(*banks)
     xa = jnp.einsum("btd,ndr->btnr", x, jnp.concatenate([ai.astype(x.dtype) for ai in a]))
     xa = xa * (jnp.concatenate(gates, axis=-1).astype(x.dtype) * scale)[:, None, :, None]
@@ -182,6 +180,14 @@ def expert_deltas(
         outputs.append(jnp.einsum("btnr,nro->bto", xa[:, :, start:stop], bi.astype(x.dtype)))
         start = stop
     return outputs
+
+
+def dropout(x: jax.Array, key: jax.Array, rate: float, rng: str = "threefry") -> jax.Array:
+    """x with each element zeroed with probability ``rate`` (`dropout_keep_mask`) and the rest divided by
+    the mask's `kept_fraction`, in x's dtype."""
+    keep_prob = 1.0 - rate
+    keep = dropout_keep_mask(key, keep_prob, x.shape, rng)
+    return jnp.where(keep, x / kept_fraction(keep_prob, rng), 0).astype(x.dtype)
 
 
 def dropout_keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...], rng: str = "threefry") -> jax.Array:
