@@ -23,7 +23,6 @@ if ! python3 -c "import ml_collections, tensorboardX" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${1:-}" = "--cpu" ]; then
     profile=(--tiny) bench=(--cpu-small --steps 2) lm_steps=2

@@ -165,7 +165,7 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> Iterator[tuple[str, f
             first, median = timed(fn, *args)
             first += compile_s
             if TRACE_DIR and key == "full":
-                trace(f"train_{key}", fn, state, parts.base, None, batch, jax.random.key(0))
+                trace(f"train_{key}", fn, *args)
         yield name, first, median, micro * length / median
         del m  # (parts is rebound by the next variant; the base is shared)
 
