@@ -1,4 +1,4 @@
-"""The embedded demo: RecFound on the synthetic dataset, from a tiny base pretrained by recfound_jax.pretrain.
+"""The embedded demo: RecFound on the synthetic dataset, from a tiny base pretrained by recfound_jax.demo.pretrain.
 
 Nothing is downloaded: the base (configs/demo_base.py) and the dataset are built once under
 $RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused. The first run takes about 25 minutes on 2 CPU

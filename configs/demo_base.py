@@ -1,6 +1,6 @@
 """The demo's base model: a tiny Mistral with the real Mistral v3 tokenizer, pretrained on CPU in ~13 minutes.
 
-`python -m recfound_jax.pretrain --config configs/demo_base.py [--config.key=value ...]`
+`python -m recfound_jax.demo.pretrain --config configs/demo_base.py [--config.key=value ...]`
 
 Stage 1, causal LM: all weights trained on the synthetic world's plain-text corpus (listings, reviews,
 shopping facts, train users' histories) plus ``data.generative_rows_per_task`` generative rows per task
@@ -46,7 +46,7 @@ def get_config() -> ConfigDict:
     config.model.max_position_embeddings = 192
 
     config.data = ConfigDict()
-    config.data.scale = 1  # synthetic world size (recfound_jax.data.synthetic)
+    config.data.scale = 1  # synthetic world size (recfound_jax.demo.synthetic)
     config.data.seed = 0
     config.data.generative_rows_per_task = 200  # train-split rows per generative task; 0 = none, -1 = all
     config.data.eval_rows_per_task = 4  # valid-split rows per generative task for a held-out loss; 0 = none
@@ -64,7 +64,7 @@ def get_config() -> ConfigDict:
     config.train.seed = 0
     config.train.log_every = 10
 
-    # The instruction stage (recfound_jax.instruct): after the causal-LM stage, every weight trained on the
+    # The instruction stage (recfound_jax.demo.instruct): after the causal-LM stage, every weight trained on the
     # answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
     # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
     config.instruct = ConfigDict()

@@ -6,6 +6,7 @@ command line (``--config.train.steps=10``).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -27,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
-    c.model.base = "demo"  # a HF Mistral directory, or "demo": the tiny base built by recfound_jax.pretrain
+    c.model.base = "demo"  # a HF Mistral directory, or "demo": the tiny base built by recfound_jax.demo.pretrain
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
     c.model.remat = "none"
@@ -203,8 +204,6 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """Run ``get_config()`` of a config file given by path (how ablation configs extend their recipe)."""
-    import importlib.util  # noqa: PLC0415
-
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"recfound_config_{path.stem}", path)
     if spec is None or not path.is_file():

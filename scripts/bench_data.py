@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recfound_jax.data import batching, formatting, records
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, get_task
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, get_task
 from recfound_jax.tokenizer import Tokenizer
 
 RELEASED_TRAIN_ROWS = 366_940

@@ -42,9 +42,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from recfound_jax import config as config_lib, runs  # noqa: E402
-from recfound_jax.data.tasks import get_task  # noqa: E402
-from recfound_jax.evaluate.generation import GreedyGenerator  # noqa: E402
+from recfound_jax import config as config_lib
+from recfound_jax.runs import rundir  # noqa: E402
+from recfound_jax.tasks import get_task  # noqa: E402
+from recfound_jax.inference.decoding import GreedyGenerator  # noqa: E402
 from recfound_jax.inference import EmbeddingEncoder, RecFound  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
@@ -151,7 +152,7 @@ def demo_model(run: str | None) -> tuple[Mistral, str]:
                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
                         head_dim=m.head_dim, rms_norm_eps=m.rms_norm_eps, rope_theta=m.rope_theta,
                         max_position_embeddings=m.max_position_embeddings)
-    tmole = runs.tmole_config(config_lib.load_config_file(ROOT / "configs" / "demo.py"))
+    tmole = rundir.tmole_config(config_lib.load_config_file(ROOT / "configs" / "demo.py"))
     return Mistral(cfg, tmole=tmole, rngs=nnx.Rngs(0)), "jax demo shape (random)"
 
 
@@ -176,7 +177,7 @@ def torch_rows(cfg: MistralConfig, sizes: Sizes, repeats: int, rng: np.random.Ge
     import torch
     import transformers
 
-    from recfound_jax.model.hf import config_to_hf
+    from recfound_jax.convert.hf import config_to_hf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf_config = transformers.MistralConfig(**config_to_hf(cfg, jnp.bfloat16))

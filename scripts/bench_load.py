@@ -71,8 +71,8 @@ def write_random_checkpoint(directory: Path, cfg, shard_bytes: int) -> None:
     import jax.numpy as jnp
     import ml_dtypes
 
-    from recfound_jax.model import safetensors_io as st
-    from recfound_jax.model.hf import config_to_hf, expected_tensors
+    from recfound_jax.convert import safetensors_io as st
+    from recfound_jax.convert.hf import config_to_hf, expected_tensors
 
     dtype = np.dtype(ml_dtypes.bfloat16)
 
@@ -221,7 +221,7 @@ def bench_load(args, rows: list[tuple[str, str, str]]) -> None:
 
 
 def _expected_shapes(directory: Path) -> list[tuple[int, ...]]:
-    from recfound_jax.model.hf import expected_tensors, read_config
+    from recfound_jax.convert.hf import expected_tensors, read_config
 
     return list(expected_tensors(read_config(directory)).values())
 

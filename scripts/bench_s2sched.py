@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS
 from recfound_jax.train.s2sched import S2Sched
 
 _GOAL_MS = 1.0

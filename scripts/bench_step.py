@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_s2sched  # noqa: E402
 
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from recfound_jax import config as config_lib
-from recfound_jax.data import synthetic
+from recfound_jax.demo import synthetic
 from recfound_jax.offline import OFFLINE_VARIABLES
 from tests.train_fixtures import write_tiny_base
 

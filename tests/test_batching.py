@@ -11,7 +11,7 @@ from recfound_jax.data import batching, formatting
 from recfound_jax.data.batching import BatchConfig, Batcher
 from recfound_jax.data.formatting import IGNORE_INDEX
 from recfound_jax.data.records import EmbeddingRecord, GenerativeRecord
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS
 from recfound_jax.tokenizer import Tokenizer
 
 # Rows per task: U2I 5 (some without negatives), Q2I 3, I2I 4; SA 6, PM 3, AG 2.

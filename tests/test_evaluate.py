@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from recfound_jax.data import records, synthetic
-from recfound_jax.data.tasks import TASKS, get_task
+from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.evaluate.__main__ import main
 from tests.train_fixtures import tiny_config, write_tiny_base
@@ -242,11 +242,11 @@ def test_default_out_dir_names():
 
 
 def test_evaluate_subset_returns_finite_scores(run_dir):
-    from recfound_jax import runs  # noqa: PLC0415
-    from recfound_jax.inference import RecFound  # noqa: PLC0415
+    from recfound_jax.runs import rundir  # noqa: PLC0415
+    from recfound_jax.inference.recfound import RecFound  # noqa: PLC0415
 
     rf = RecFound.from_run(run_dir)
-    data = runs.read_run_info(run_dir)["data"]
+    data = rundir.read_run_info(run_dir)["data"]
     scores = runner.evaluate_subset(rf, data, limit_per_task=2, max_new_tokens=2)
     assert set(scores) == {f"eval/{t.name}" for t in TASKS}
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in scores.values()), scores

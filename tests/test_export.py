@@ -12,11 +12,13 @@ import torch
 import transformers
 from flax import nnx
 
-from recfound_jax import config as config_lib, export, runs
+from recfound_jax import config as config_lib
+from recfound_jax.convert import export
+from recfound_jax.runs import rundir
 from recfound_jax.data.formatting import Formatter
-from recfound_jax.data.tasks import get_task
+from recfound_jax.tasks import get_task
 from recfound_jax.merge.checkpoints import write_run
-from recfound_jax.model.hf import load_hf
+from recfound_jax.convert.hf import load_hf
 from recfound_jax.tokenizer import Tokenizer
 from tests.train_fixtures import tiny_config, write_tiny_base
 
@@ -30,13 +32,13 @@ def run_dir(tmp_path_factory):
     """A tiny run whose adapters (B, routers) are random, so every expert changes the outputs."""
     base = write_tiny_base(tmp_path_factory.mktemp("base"))
     c = tiny_config(base)
-    model = runs.build_model(c, base)
+    model = rundir.build_model(c, base)
     keys = iter(jax.random.split(jax.random.key(7), 16))
     for bank in model.adapters.banks.values():
         bank.b.set_value(0.3 * jax.random.normal(next(keys), bank.b.shape))
         bank.router_b[0].set_value(jax.random.normal(next(keys), bank.router_b[0].shape))
     _, params, _ = nnx.split(model, nnx.Param, ...)
-    info = {"base": str(base), "base_fingerprint": runs.base_fingerprint(base),
+    info = {"base": str(base), "base_fingerprint": rundir.base_fingerprint(base),
             "tokenizer": str(base / "tokenizer.model"), "data": None}
     return write_run(tmp_path_factory.mktemp("runs") / "run", config_lib.to_dict(c), info, params, STEP,
                      {"step": STEP}, initial=params)
@@ -50,7 +52,7 @@ def exports(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tmole(run_dir):
-    model, _, _ = runs.load_model(run_dir)
+    model, _, _ = rundir.load_model(run_dir)
     return model
 
 
@@ -127,7 +129,7 @@ def test_readme_and_tokenizer_are_written(run_dir, exports):
     for task, folder in exports.items():
         readme = (folder / "README.md").read_text()
         assert f"task: `{task}`" in readme and str(run_dir) in readme and f"step: {STEP}" in readme
-        source = Path(runs.read_run_info(run_dir)["tokenizer"])
+        source = Path(rundir.read_run_info(run_dir)["tokenizer"])
         assert (folder / "tokenizer.model").read_bytes() == source.read_bytes()
     assert "<|user|>\\n{prompt}\\n<|assistant|>\\n" in (exports[GENERATIVE] / "README.md").read_text()
     embedding_readme = (exports[EMBEDDING] / "README.md").read_text()

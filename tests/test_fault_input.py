@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from safetensors.numpy import load_file, save_file
 
-from recfound_jax import checkpoint
+from recfound_jax.runs import checkpoint
 from recfound_jax.data import records
 from recfound_jax.data.records import EmbeddingRecord, GenerativeRecord, RecordError
-from recfound_jax.data.tasks import TASKS
-from recfound_jax.model.hf import load_hf
+from recfound_jax.tasks import TASKS
+from recfound_jax.convert.hf import load_hf
 from recfound_jax.tokenizer import Tokenizer
 from recfound_jax.train.trainer import Trainer
 from tests import fault_fixtures as ff

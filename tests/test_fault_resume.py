@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from recfound_jax import checkpoint, runs
+from recfound_jax.runs import checkpoint, rundir
 from tests import fault_fixtures as ff
 
 STEPS = 8
@@ -60,7 +60,7 @@ def _latest_restorable(workdir) -> int:
     try:
         latest = checkpointer.latest_step()
         assert latest is not None, f"no checkpoint in {workdir}"
-        params, _, meta = checkpointer.restore(latest, runs.params_like(workdir))
+        params, _, meta = checkpointer.restore(latest, rundir.params_like(workdir))
     finally:
         checkpointer.close()
     assert meta["step"] == latest
@@ -191,7 +191,7 @@ def test_planted_half_written_checkpoints_are_never_latest(reference, tmp_path):
         assert checkpointer.steps() == checkpoint.Checkpointer(source).steps()
         assert checkpointer.latest_step() == STEPS
         with pytest.raises(FileNotFoundError, match="no checkpoint for step"):
-            checkpointer.restore(STEPS + 1, runs.params_like(workdir))
+            checkpointer.restore(STEPS + 1, rundir.params_like(workdir))
     finally:
         checkpointer.close()
     assert _latest_restorable(workdir) == STEPS

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from recfound_jax import runs
+from recfound_jax.runs import rundir
 from recfound_jax.data.formatting import IGNORE_INDEX, Formatter
-from recfound_jax.data.tasks import TASKS, get_task
-from recfound_jax.inference import RecFound
+from recfound_jax.tasks import TASKS, get_task
+from recfound_jax.inference.recfound import RecFound
+from recfound_jax.train import inputs
 from recfound_jax.train.trainer import train
 from tests.train_fixtures import tiny_config, write_tiny_base
 
@@ -207,8 +208,8 @@ def test_from_run_loads_the_asked_step_and_base_only(run_dir, rf):
     assert rf.step == 2
     start = RecFound.from_run(run_dir, step=0)
     assert start.step == 0
-    c = runs.read_config(run_dir)
-    fresh = runs.build_model(c, runs.resolve_base(c))  # the adapters a run starts from (seeded init)
+    c = rundir.read_config(run_dir)
+    fresh = rundir.build_model(c, inputs.resolve_base(c))  # the adapters a run starts from (seeded init)
     for a, b in zip(_leaves(nnx.state(start.model.adapters)), _leaves(nnx.state(fresh.adapters))):
         np.testing.assert_array_equal(a, b)
     changed = [np.abs(a - b).max() for a, b in zip(_leaves(nnx.state(start.model.adapters)),

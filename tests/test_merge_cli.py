@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recfound_jax import checkpoint, runs
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.merge import ties_merge
 from recfound_jax.merge.__main__ import main as merge_main
 from recfound_jax.merge.checkpoints import MergeError, merge_run
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 
 def _restore(run: Path, step: int):
     """A step's trainable params as a pytree (step 0: the initial params)."""
-    like = runs.params_like(run)
+    like = rundir.params_like(run)
     checkpointer = checkpoint.Checkpointer(run)
     try:
         return checkpointer.restore_initial(like) if step == 0 else checkpointer.restore(step, like)[0]
@@ -70,11 +70,11 @@ def test_merge_run_equals_ties_merge_of_the_restored_pytrees(run_dir, tmp_path):
                zip(jax.tree.leaves(expected), jax.tree.leaves(_restore(run_dir, 6)))]
     assert max(differs) > 0  # the merge is not just the last checkpoint
 
-    model, config, step = runs.load_model(out)
-    assert step == 6 and config.name == runs.read_config(run_dir).name
+    model, config, step = rundir.load_model(out)
+    assert step == 6 and config.name == rundir.read_config(run_dir).name
     logits = model(jnp.ones((1, 5), jnp.int32), task_ids=jnp.array([4]))
     assert bool(jnp.all(jnp.isfinite(logits)))
-    merged_from = runs.read_run_info(out)["merged_from"]
+    merged_from = rundir.read_run_info(out)["merged_from"]
     assert merged_from["steps"] == [2, 4, 6] and merged_from["run"] == str(run_dir)
     _assert_trees_equal(_restore(out, 0), _restore(run_dir, 0))  # the initial params are kept
 
@@ -90,7 +90,7 @@ def test_cli_merges_against_a_checkpoint_with_the_released_order(run_dir, tmp_pa
     expected = ties_merge(_restore(run_dir, 2), [_restore(run_dir, 4), _restore(run_dir, 6)], density=0.5,
                           lam=0.7, order="released", batch_dims=_per_tensor)
     _assert_trees_equal(_restore(out, 6), expected)
-    assert runs.read_run_info(out)["merged_from"]["init_step"] == 2
+    assert rundir.read_run_info(out)["merged_from"]["init_step"] == 2
 
 
 def test_a_missing_step_lists_the_available_ones(run_dir, tmp_path, capsys):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from recfound_jax.data.tasks import GENERATIVE_TASKS
+from recfound_jax.tasks import GENERATIVE_TASKS
 from recfound_jax.evaluate import metrics
 
 

@@ -11,7 +11,7 @@ import pytest
 import transformers
 
 import recfound_jax
-from recfound_jax.model import safetensors_io
+from recfound_jax.convert import safetensors_io
 from tests.hf_reference import hf_logits, tiny_hf_mistral
 
 CONFIGS = [
@@ -46,9 +46,9 @@ def test_logits_match_transformers(tmp_path, kwargs):
 def test_rope_theta_read_from_both_config_layouts(tmp_path):
     tiny_hf_mistral(tmp_path, rope_theta=1e6)
     raw = json.loads((tmp_path / "config.json").read_text())
-    assert recfound_jax.model.hf.config_from_hf(raw).rope_theta == 1e6
+    assert recfound_jax.convert.hf.config_from_hf(raw).rope_theta == 1e6
     legacy = {k: v for k, v in raw.items() if k != "rope_parameters"} | {"rope_theta": 5e5}
-    assert recfound_jax.model.hf.config_from_hf(legacy).rope_theta == 5e5
+    assert recfound_jax.convert.hf.config_from_hf(legacy).rope_theta == 5e5
 
 
 def test_save_hf_loads_in_transformers_with_same_logits(tmp_path):

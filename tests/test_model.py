@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from recfound_jax import parallel
-from recfound_jax.data import tasks
+from recfound_jax import tasks
 from recfound_jax.model import attention
-from recfound_jax.model.hf import folded_weights
+from recfound_jax.convert.hf import folded_weights
 from recfound_jax.model.mistral import Mistral, MistralConfig, head_logits
 from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, expert_deltas, folded_delta, kept_fraction
 

@@ -13,12 +13,15 @@ import torch
 import transformers
 from flax import nnx
 
-from recfound_jax import config as config_lib, load_hf, pretrain as pt, runs
-from recfound_jax.data import synthetic, synthetic_world
+from recfound_jax import config as config_lib, load_hf
+from recfound_jax.data import formatting
+from recfound_jax.demo import pretrain as pt
+from recfound_jax.demo import synthetic, synthetic_world
 from recfound_jax.model.mistral import BaseParam, Mistral
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
-from recfound_jax.runs import DEMO_BASE_CONFIG
+from recfound_jax.runs.rundir import DEMO_BASE_CONFIG
+from recfound_jax.train import inputs
 
 
 def load_config_file():
@@ -170,17 +173,17 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
                         real_train(model, t, rows, valid, **kw))
     summary = pt.run_instruct_stage(Mistral(pt.model_config(config), rngs=nnx.Rngs(0)), config, data_dir,
                                     Tokenizer(), progress=False)
-    held_out = {synthetic.input_text(row["text"][0]) for split in ("valid", "test")
+    held_out = {formatting.input_text(row["text"][0]) for split in ("valid", "test")
                 for row in map(json.loads, (data_dir / split / "Product_Relation_Prediction.jsonl").read_text().splitlines())}
     drawn = synthetic.extra_train_rows(synthetic_world.build_world(1, 0), "PRP", 300, config.instruct.seed)
-    clashing = sum(synthetic.input_text(row["text"][0]) in held_out for row in drawn)
+    clashing = sum(formatting.input_text(row["text"][0]) in held_out for row in drawn)
     assert clashing > 0, "PRP's product pairs recur, so some drawn rows are held-out inputs"
     assert summary["dropped_held_out_inputs"]["PRP"] == clashing
     assert summary["rows"]["PRP"] == len(seen[0]["PRP"]) == 300 - clashing
     tokenizer = Tokenizer()
     trained = {tokenizer.decode([int(t) for t, m in zip(ids, mask) if m]) for ids, mask in
                zip(seen[0]["PRP"].ids, seen[0]["PRP"].mask)}
-    kept = {synthetic.input_text(row["text"][0]) for row in drawn} - held_out
+    kept = {formatting.input_text(row["text"][0]) for row in drawn} - held_out
     assert all(any(text in prompt for prompt in trained) for text in kept), "the decoded rows hold their inputs"
     assert not any(text in prompt for prompt in trained for text in held_out)
 
@@ -215,10 +218,10 @@ def test_a_crash_leaves_no_half_written_base(tmp_path, monkeypatch):
 
 
 def test_demo_base_honours_the_progress_flag(monkeypatch):
-    """`--noprogress` reaches the demo base's build: runs.resolve_base hands its flag to ensure_base."""
+    """`--noprogress` reaches the demo base's build: inputs.resolve_base hands its flag to ensure_base."""
     seen = []
     monkeypatch.setattr(pt, "ensure_base", lambda config, **kwargs: seen.append(kwargs) or "/base")
     c = config_lib.load_config_file(DEMO_BASE_CONFIG.parent / "demo.py")
-    assert str(runs.resolve_base(c, progress=False)) == "/base"
-    assert str(runs.resolve_base(c)) == "/base"
+    assert str(inputs.resolve_base(c, progress=False)) == "/base"
+    assert str(inputs.resolve_base(c)) == "/base"
     assert seen == [{"progress": False}, {"progress": True}]

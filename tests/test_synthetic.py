@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from recfound_jax.data import records
-from recfound_jax.data import synthetic as syn
-from recfound_jax.data import synthetic_world as sw
-from recfound_jax.data.tasks import BY_SHORT, TASKS, get_task
+from recfound_jax.demo import synthetic as syn
+from recfound_jax.evaluate import chance
+from recfound_jax.demo import synthetic_world as sw
+from recfound_jax.tasks import BY_SHORT, TASKS, get_task
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +315,7 @@ def test_expected_random_ndcg_matches_simulation():
     n_pos, n_total = 2, 7
     discounts = 1 / np.log2(np.arange(n_total) + 2)
     sims = [discounts[rng.permutation(n_total)[:n_pos]].sum() / discounts[:n_pos].sum() for _ in range(20000)]
-    np.testing.assert_allclose(syn.expected_random_ndcg(n_pos, n_total), np.mean(sims), atol=3e-3)
+    np.testing.assert_allclose(chance.expected_random_ndcg(n_pos, n_total), np.mean(sims), atol=3e-3)
 
 
 # ---- extra train-side rows (the demo base's instruction data) -----------------------------------------

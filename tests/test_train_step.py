@@ -10,6 +10,7 @@ from flax import nnx
 
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
+from recfound_jax.inference import encoding
 from recfound_jax.train import losses, step as step_lib
 
 CFG = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
@@ -65,7 +66,7 @@ def test_info_nce_matches_numpy():
 
 def test_mean_pool_skips_masked_tokens_and_normalises():
     hidden = jnp.asarray(np.arange(24, dtype=np.float32).reshape(1, 4, 6))
-    pooled = losses.mean_pool(hidden, jnp.asarray([[0, 1, 1, 0]], jnp.float32))
+    pooled = encoding.mean_pool(hidden, jnp.asarray([[0, 1, 1, 0]], jnp.float32))
     expected = hidden[0, 1:3].mean(0)
     np.testing.assert_allclose(pooled[0], expected / np.linalg.norm(expected), rtol=1e-6)
 

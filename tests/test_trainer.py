@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from recfound_jax import checkpoint
-from recfound_jax.data.tasks import TASKS
+from recfound_jax.runs import checkpoint
+from recfound_jax.tasks import TASKS
 from recfound_jax.train.trainer import RunExistsError, Trainer, train
 from tests.train_fixtures import tiny_config, write_tiny_base
 

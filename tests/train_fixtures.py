@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recfound_jax import config as config_lib
-from recfound_jax.model.hf import save_hf
+from recfound_jax.convert.hf import save_hf
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.tokenizer import default_tokenizer_path
 

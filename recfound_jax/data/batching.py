@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recfound_jax.data import formatting
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task, get_task
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task, get_task
 
 STATE_VERSION = 1
 # Seed streams, so that pool orders and the per-step passage draws never share a seed sequence.

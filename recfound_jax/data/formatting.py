@@ -50,7 +50,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from recfound_jax.data import records as records_lib
-from recfound_jax.data.tasks import get_task
+from recfound_jax.tasks import get_task
 from recfound_jax.tokenizer import Tokenizer
 
 INSTRUCTION_STRIP = "\t\n :"
@@ -560,3 +560,13 @@ def format_generative_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_
             prompt = prompt[:half] + prompt[len(prompt) - (room - half):]
         out.append(head_ids + prompt + fmt.assistant)
     return out
+
+
+def input_text(prompt: str) -> str:
+    """The "### Input:" section of an Alpaca prompt: the text a row is about, whatever instruction asks it."""
+    return prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
+
+
+def options_of(prompt: str) -> list[str]:
+    """The lines of the "### Options:" section of an Alpaca prompt."""
+    return prompt.split("### Options:\n", 1)[1].split("\n\n### ", 1)[0].split("\n")

@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from recfound_jax.data import tasks as tasks_lib
+from recfound_jax import tasks as tasks_lib
 
 DEFAULT_MAX_LINE_BYTES = 1_000_000
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {

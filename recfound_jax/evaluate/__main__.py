@@ -68,7 +68,7 @@ def write_json(path: Path, obj: Any) -> None:
 def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[Path]:
     """routing.png (a model with a task router only), schedule.png and probe_loss.png (when the run
     logged those series)."""
-    from recfound_jax.data.tasks import TASKS  # noqa: PLC0415
+    from recfound_jax.tasks import TASKS  # noqa: PLC0415
     from recfound_jax.evaluate import plots  # noqa: PLC0415
 
     written = []
@@ -86,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, then write metrics.json, results.md and the plots; print the tables."""
     args = parse_args(argv)
     go_offline()
-    from recfound_jax import runs  # noqa: PLC0415 (jax starts here, after the flags are checked)
+    from recfound_jax.runs import rundir  # noqa: PLC0415 (jax starts here, after the flags are checked)
     from recfound_jax.evaluate import report, runner  # noqa: PLC0415
-    from recfound_jax.inference import RecFound  # noqa: PLC0415
+    from recfound_jax.inference.recfound import RecFound  # noqa: PLC0415
 
     run_dir = Path(args.run)
-    data_dir = args.data or runs.read_run_info(run_dir).get("data")
+    data_dir = args.data or rundir.read_run_info(run_dir).get("data")
     if not data_dir:
         raise SystemExit(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
     rf = RecFound.from_run(run_dir, args.step, base_only=args.base_only)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recfound_jax.data.tasks import get_task
+from recfound_jax.tasks import get_task
 
 # The option letters each macro-F1 task answers with.
 MACRO_F1_CLASSES: dict[str, str] = {

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from recfound_jax.data.tasks import TASKS, get_task  # noqa: E402
+from recfound_jax.tasks import TASKS, get_task  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 BRANCHES = (("embedding", "Embedding tasks"), ("generative", "Generative tasks"))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from recfound_jax.data.tasks import TASKS, get_task
+from recfound_jax.tasks import TASKS, get_task
 
 # Column orders of the paper's Table 2 (generative) and Table 3 (embedding).
 GENERATIVE_COLUMNS = ("QR", "AVE", "AG", "SR", "SA", "UP", "AP", "PRP", "PM", "IP")

@@ -22,8 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recfound_jax.data import records as records_lib
-from recfound_jax.data.tasks import TASKS, Task, get_task
+from recfound_jax.tasks import TASKS, Task, get_task
 from recfound_jax.evaluate import metrics, retrieval
+from recfound_jax.inference.recfound import RecFound
 
 # The tasks whose answer is one option letter or yes/no: the released scripts decode 1 token, but
 # with the Mistral tokenizer "yes" or a letter may take more than one piece before the EOS.
@@ -218,7 +219,7 @@ def evaluate(
     progress: bool = True,
     bertscore_model: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``rf`` (a `recfound_jax.inference.RecFound`) on every task (or ``tasks``) of a split.
+    """Score ``rf`` (a `recfound_jax.inference.recfound.RecFound`) on every task (or ``tasks``) of a split.
 
     Returns ``{"split", "data_dir", "step", "limit_per_task", "embedding_stride", "seconds",
     "tasks": {task name: {"short", "kind", "metric", "score", ... details, "seconds"}}}``, where
@@ -281,8 +282,6 @@ def evaluate_subset(
     Keep one RecFound across calls: its jitted encoder and generator compile once and read the
     model's current parameters on every call. Tasks that could not be scored are left out.
     """
-    from recfound_jax.inference import RecFound  # noqa: PLC0415 (inference imports the model stack)
-
     rf = model_or_rf
     if not isinstance(rf, RecFound):
         if config is None or tokenizer is None:

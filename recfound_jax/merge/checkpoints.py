@@ -17,9 +17,9 @@ Trimming is per released tensor (one per layer and expert for A and B, one per l
 weight or bias, the task embedding whole), as the released merge script and peft's per-parameter
 TIES do (`released_batch_dims`).
 
-Writing: `write_run` makes a run directory that `runs.load_model` opens: config.json, run.json,
+Writing: `write_run` makes a run directory that `rundir.load_model` opens: config.json, run.json,
 checkpoints/<step> (params and a meta record) and initial_params. The import of the released
-adapters (recfound_jax.import_released) writes its run through it too.
+adapters (recfound_jax.convert.released) writes its run through it too.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from tqdm.auto import tqdm
 
-from recfound_jax import checkpoint, runs
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.merge.ties import Method, Order, ties_merge_stream
 
 # A leaf's address as Orbax stores it: the names of its keys from the root, e.g.
@@ -176,7 +176,7 @@ def merge_params(
     are checked against the run's config before anything is merged; a leaf is read only when the
     merge reaches it (see the module docstring for the memory this takes).
     """
-    like = runs.params_like(run_dir)  # raises first when run_dir is not a run
+    like = rundir.params_like(run_dir)  # raises first when run_dir is not a run
     check_steps(run_dir, steps, init_step)
     expected = leaf_names(like)
     sources = [item_directory(run_dir, step) for step in (init_step, *steps)]
@@ -215,8 +215,8 @@ def write_run(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another output directory")
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(out / runs.CONFIG_FILE, config)
-    checkpoint.write_json(out / runs.RUN_FILE, info)
+    checkpoint.write_json(out / rundir.CONFIG_FILE, config)
+    checkpoint.write_json(out / rundir.RUN_FILE, info)
     checkpointer = checkpoint.Checkpointer(out)
     try:
         checkpointer.save(step, params, None, meta)
@@ -241,7 +241,7 @@ def merge_run(
     method: Method = "ties",
     progress: bool = True,
 ) -> Path:
-    """Merge checkpoints ``steps`` of a run into a new run directory ``out`` that `runs.load_model` opens.
+    """Merge checkpoints ``steps`` of a run into a new run directory ``out`` that `rundir.load_model` opens.
 
     ``out`` gets the run's config.json, its run.json with a "merged_from" record, one checkpoint at
     the largest merged step holding the merged params (its meta names the merge), and a copy of the
@@ -253,8 +253,8 @@ def merge_run(
                 "trim": "per released tensor"}
     merged = merge_params(run_dir, steps, init_step=init_step, density=density, lam=lam, order=order,
                           method=method, progress=progress)
-    config = checkpoint.read_json(run_dir / runs.CONFIG_FILE)
-    info = dict(runs.read_run_info(run_dir), merged_from=settings)
+    config = checkpoint.read_json(run_dir / rundir.CONFIG_FILE)
+    info = dict(rundir.read_run_info(run_dir), merged_from=settings)
     step = max(steps)
     initial = run_dir / checkpoint.INITIAL
     return write_run(out, config, info, merged, step, {"step": step, "merge": settings},

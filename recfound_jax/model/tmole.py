@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.extend.random import threefry2x32_p
 
-from recfound_jax.data.tasks import TASK_TABLE_SIZE, TASKS
+from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
 
 TARGETS = ("q", "k", "v", "o")
 DROPOUT_RNGS = ("threefry", "threefry16", "rbg")

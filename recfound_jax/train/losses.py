@@ -7,15 +7,6 @@ import jax.numpy as jnp
 IGNORE = -100  # label of tokens that carry no loss
 
 
-def mean_pool(hidden: jax.Array, pool_mask: jax.Array) -> jax.Array:
-    """L2-normalised float32 mean of hidden [B, T, D] over tokens where pool_mask [B, T] is 1."""
-    weights = pool_mask.astype(jnp.float32)[..., None]
-    summed = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1)
-    pooled = summed / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-    norm = jnp.sqrt(jnp.sum(pooled * pooled, axis=-1, keepdims=True))
-    return pooled / jnp.maximum(norm, 1e-12)
-
-
 def info_nce(queries: jax.Array, passages: jax.Array, temperature: float,
              passage_valid: jax.Array | None = None) -> jax.Array:
     """Mean InfoNCE of queries [B, D] against every passage [P, D]; query i's positive is passage i * P // B.

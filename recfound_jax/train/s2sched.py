@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recfound_jax.data.tasks import get_task
+from recfound_jax.tasks import get_task
 
 _MIN_CAPACITY = 16
 

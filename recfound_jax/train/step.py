@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from recfound_jax.inference import encoding
 from recfound_jax.train import losses
 
 Batch = dict[str, jax.Array]
@@ -74,7 +75,7 @@ def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation)
 def _embed(parts: ModelParts, params, base, ids, mask, pool_mask, task_ids, key) -> jax.Array:
     model = parts.merge(params, base)
     hidden = model.hidden_states(ids, mask, task_ids=task_ids, causal=False, dropout_key=key)
-    return losses.mean_pool(hidden, pool_mask)
+    return encoding.mean_pool(hidden, pool_mask)
 
 
 def _passage_valid(batch: Batch) -> jax.Array | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import signal
 import threading
 import time
@@ -18,14 +19,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from absl import logging
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from recfound_jax import checkpoint, config as config_lib, parallel, runs
+from recfound_jax import config as config_lib, parallel
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.data import batching, formatting
-from recfound_jax.data.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.evaluate.runner import evaluate_subset
+from recfound_jax.inference.recfound import RecFound
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
 from recfound_jax.train import step as step_lib
+from recfound_jax.train.inputs import prepare_inputs
 from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -38,38 +42,6 @@ class RunExistsError(FileExistsError):
 
 class NonFiniteError(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass
-class Inputs:
-    """What a run reads: base checkpoint, dataset, tokenizer and tokenized splits."""
-
-    base: Path
-    data: Path
-    tokenizer: Tokenizer
-    train: formatting.TokenizedSplit
-    valid: formatting.TokenizedSplit
-
-
-def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
-    """Build or find the base and dataset, then validate and tokenize train and valid (cached)."""
-    base = runs.resolve_base(c, progress=progress)
-    data = runs.resolve_data(c)
-    tokenizer = Tokenizer(runs.tokenizer_path(base))
-    cache = workdir / "token_cache"
-    kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
-                  generative_max_len=c.data.generative_len, cache_dir=cache, on_error=c.data.on_error)
-    train = formatting.tokenize_split(data, "train", tokenizer, **kwargs)
-    valid = formatting.tokenize_split(data, "valid", tokenizer, **kwargs)
-    for split in (train, valid):
-        if split.report is not None and split.report.total_skipped:
-            logging.warning("skipped bad data rows (data.on_error=skip):\n%s", split.report.summary())
-    for kind, stats in train.stats.items():
-        if stats.truncated:
-            key = {"query": "query_len", "passage": "passage_len", "generative": "generative_len"}[kind]
-            logging.warning("%d of %d %s rows of the train split are longer than data.%s=%d and were truncated",
-                            stats.truncated, stats.rows, kind, key, c.data[key])
-    return Inputs(base, data, tokenizer, train, valid)
 
 
 def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
@@ -119,7 +91,7 @@ def _schedulers(c: ml_collections.ConfigDict) -> tuple[S2Sched, S2Sched]:
 
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
     """Create the run directory; refuse to reuse another run's directory without --resume or --overwrite."""
-    config_file = workdir / runs.CONFIG_FILE
+    config_file = workdir / rundir.CONFIG_FILE
     replace = config_file.exists() and not resume
     if replace and not overwrite:
         raise RunExistsError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite "
@@ -135,8 +107,6 @@ def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool
     _sync_processes("prepare_workdir_checked")  # every process has looked before the directory changes
     if jax.process_index() == 0:
         if replace:
-            import shutil  # noqa: PLC0415
-
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(config_file, config_lib.to_dict(c))
@@ -146,8 +116,6 @@ def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool
 def _sync_processes(name: str) -> None:
     """A barrier across processes (nothing with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -237,7 +205,7 @@ class Trainer:
         prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
         self.inputs = prepare_inputs(c, self.workdir, progress)
         self.mesh = parallel.make_mesh(c.mesh.shape)
-        model = runs.build_model(c, self.inputs.base, mesh=self.mesh)
+        model = rundir.build_model(c, self.inputs.base, mesh=self.mesh)
         self.parts = step_lib.ModelParts.of(model)
         self.optimizer = step_lib.make_optimizer(
             learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio,
@@ -298,8 +266,8 @@ class Trainer:
 
     def _begin(self) -> None:
         if jax.process_index() == 0:
-            checkpoint.write_json(self.workdir / runs.RUN_FILE, {
-                "base": str(self.inputs.base), "base_fingerprint": runs.base_fingerprint(self.inputs.base),
+            checkpoint.write_json(self.workdir / rundir.RUN_FILE, {
+                "base": str(self.inputs.base), "base_fingerprint": rundir.base_fingerprint(self.inputs.base),
                 "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
                 "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
         self.checkpointer.save_initial(self.state["params"])
@@ -345,9 +313,6 @@ class Trainer:
 
     def evaluate_subset(self) -> dict[str, float]:
         """{"eval/<task>": score} of the current params on the first config.eval.subset valid rows of each task."""
-        from recfound_jax.evaluate.runner import evaluate_subset  # noqa: PLC0415 (only when evaluating)
-        from recfound_jax.inference import RecFound  # noqa: PLC0415
-
         if self._eval_rf is None:  # one RecFound for the run: its jitted functions compile once
             self._eval_rf = RecFound(self.parts.merge(self.state["params"]), self.config, self.inputs.tokenizer)
         else:
@@ -361,8 +326,6 @@ class Trainer:
         """Whether any process was asked to stop: all stop at the same step, so the checkpoint is collective."""
         if jax.process_count() == 1:
             return self.stop_requested
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self.stop_requested))))
 
     def run(self, until: int | None = None) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from recfound_jax import checkpoint, config as config_lib
-from recfound_jax.model.hf import load_hf
+from recfound_jax import config as config_lib
+from recfound_jax.runs import checkpoint
+from recfound_jax.convert.hf import load_hf, read_config as read_hf_config
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.model.tmole import TMoLEConfig
 
@@ -32,28 +33,6 @@ def tmole_config(c: ml_collections.ConfigDict) -> TMoLEConfig:
                        dropout_rng=t.get("dropout_rng", "threefry"),  # runs written before the options
                        dropout_shared_qkv=t.get("dropout_shared_qkv", False),
                        task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
-
-
-def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: bool = True) -> Path:
-    """The base checkpoint directory; "demo" builds (once) the tiny pretrained base, with progress bars
-    unless ``progress`` is False."""
-    if c.model.base != "demo":
-        return Path(c.model.base).absolute()
-    from recfound_jax import pretrain  # noqa: PLC0415 (only the demo needs it)
-
-    base_config = config_lib.load_config_file(DEMO_BASE_CONFIG)
-    return Path(pretrain.ensure_base(base_config, progress=progress) if build else pretrain.base_dir(base_config))
-
-
-def resolve_data(c: ml_collections.ConfigDict) -> Path:
-    """The dataset directory; "synthetic" generates it (once) under the cache."""
-    if c.data.dir != "synthetic":
-        return Path(c.data.dir).absolute()
-    from recfound_jax.data import synthetic  # noqa: PLC0415
-
-    out = config_lib.synthetic_dir(c.data.synthetic_scale, c.data.synthetic_seed)
-    synthetic.ensure_dataset(out, scale=c.data.synthetic_scale, seed=c.data.synthetic_seed)
-    return out
 
 
 def tokenizer_path(base: Path) -> Path | None:
@@ -120,8 +99,6 @@ def params_like(run_dir: str | os.PathLike) -> nnx.State:
     """Abstract trainable params of a run (shapes and dtypes, nothing loaded)."""
     c = read_config(run_dir)
     info = read_run_info(run_dir)
-    from recfound_jax.model.hf import read_config as read_hf_config  # noqa: PLC0415
-
     hf_cfg = read_hf_config(info["base"])
     model = nnx.eval_shape(lambda: Mistral(hf_cfg, tmole=tmole_config(c), rngs=nnx.Rngs(0)))
     return nnx.state(model, nnx.Param)

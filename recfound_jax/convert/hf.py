@@ -19,8 +19,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from recfound_jax import parallel
-from recfound_jax.data.tasks import get_task
-from recfound_jax.model import safetensors_io as st
+from recfound_jax.tasks import get_task
+from recfound_jax.convert import safetensors_io as st
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, folded_delta
 

@@ -1,6 +1,6 @@
 """The embedded synthetic dataset: all 13 RecFound tasks in the released JSONL format, from a generated world.
 
-``python -m recfound_jax.data.synthetic --out DIR [--scale N --seed S] [--lengths]`` writes
+``python -m recfound_jax.demo.synthetic --out DIR [--scale N --seed S] [--lengths]`` writes
 - ``DIR/{train,valid,test}/{task}.jsonl``: embedding rows ``{"query", "pos", "neg", "task"}`` (valid and
   test rows add ``"source"``) and generative rows ``{"text": [prompt, answer], "task"}`` whose prompt is
   the paper's Alpaca-style text (Appendix B.1) around one of the paper's instructions (B.2);
@@ -21,10 +21,11 @@ from typing import Callable, Collection, Sequence
 
 import numpy as np
 
-from recfound_jax.data import synthetic_world as sw
-from recfound_jax.atomic_dir import build_dir_atomically
-from recfound_jax.data.tasks import TASKS, BY_SHORT
-from recfound_jax.evaluate.metrics import score_task, token_prf
+from recfound_jax.demo import synthetic_world as sw
+from recfound_jax.runs.atomic_dir import build_dir_atomically
+from recfound_jax.tasks import TASKS, BY_SHORT
+from recfound_jax.data.formatting import input_text
+from recfound_jax.evaluate.chance import chance_levels
 
 GENERATOR_VERSION = "1"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -495,90 +496,6 @@ WRITERS: dict[str, Writer] = {
 }
 
 
-# ---- chance levels ----------------------------------------------------------------------------------
-# Scored with the evaluation's own metrics (evaluate/metrics.py), so chance and model share one yardstick.
-
-def expected_random_ndcg(n_pos: int, n_total: int) -> float:
-    """Exact expected binary NDCG of a uniformly random ranking of ``n_pos`` positives among ``n_total``."""
-    discounts = 1.0 / np.log2(np.arange(n_total) + 2.0)
-    return float(n_pos * discounts.mean() / discounts[:n_pos].sum())
-
-
-def input_text(prompt: str) -> str:
-    """The "### Input:" section of an Alpaca prompt: the text a row is about, whatever instruction asks it."""
-    return prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
-
-
-def _options_of(prompt: str) -> list[str]:
-    return prompt.split("### Options:\n", 1)[1].split("\n\n### ", 1)[0].split("\n")
-
-
-def _score(task_name: str, predictions: Sequence[str], references: Sequence[str]) -> float:
-    return float(score_task(task_name, list(predictions), list(references))["score"])
-
-
-def _simulated(task_name: str, references: list[str], choices: Sequence[str], rng: np.random.Generator,
-               repeats: int = 1000) -> float:
-    """Mean score of uniformly random answers from ``choices`` over ``repeats`` seeded draws."""
-    return float(np.mean([_score(task_name, list(rng.choice(choices, size=len(references))), references)
-                          for _ in range(repeats)]))
-
-
-def _medoid_answer(answers: Sequence[str], limit: int = 100) -> str:
-    """The train answer with the highest mean token F1 against the (first ``limit``) train answers."""
-    pool = list(dict.fromkeys(answers))[:limit]
-    scores = [np.mean([token_prf(a, b)[2] for b in pool]) for a in pool]
-    return pool[int(np.argmax(scores))]
-
-
-def _ave_baseline(train: list[Row], test: list[Row]) -> list[str]:
-    """Per test row: each target attribute answered with its most common train (value, source)."""
-    common: dict[str, Counter] = {}
-    for row in train:
-        for t in json.loads(row["text"][1]):
-            common.setdefault(t["attribute"], Counter())[(t["value"], t["source"])] += 1
-    preds = []
-    for row in test:
-        targets = input_text(row["text"][0]).rsplit("Target attributes: ", 1)[1].split(", ")
-        guess = {a: common[a].most_common(1)[0][0] for a in targets}
-        preds.append(json.dumps([{"attribute": a, "value": v, "source": s} for a, (v, s) in guess.items()]))
-    return preds
-
-
-def chance_levels(rows: dict[str, dict[str, list[Row]]], seed: int) -> dict[str, dict]:
-    """{task: {"metric", "chance", "how"}}: chance or trivial-baseline scores on the test split."""
-    rng = np.random.default_rng([seed, 2])
-    test = {t.short: rows["test"][t.name] for t in TASKS}
-    train = {t.short: rows["train"][t.name] for t in TASKS}
-    answers = lambda short: [r["text"][1] for r in test[short]]
-    out: dict[str, tuple[float, str]] = {}
-    harmonic = float(np.mean(1.0 / np.arange(1, 21)))
-    for short in ("U2I", "Q2I"):
-        out[short] = (harmonic, "exact: MRR of a random rank among 1 positive + 19 negatives, H_20/20")
-    out["I2I"] = (float(np.mean([expected_random_ndcg(len(r["pos"]), len(r["pos"]) + min(5, len(r["neg"])))
-                                 for r in test["I2I"]])),
-                  "exact: expected binary NDCG of a random ranking of each test row's positives + 5 negatives")
-    out["SR"] = (float(np.mean([1 / len(_options_of(r["text"][0])) for r in test["SR"]])),
-                 "exact: mean of 1/K for K options per row")
-    for short, letters in (("SA", "ABCDE"), ("PRP", "ABC")):
-        out[short] = (_simulated(BY_SHORT[short].name, answers(short), list(letters), rng),
-                      f"macro F1 of a uniform random letter {letters[0]}-{letters[-1]}, mean of 1000 seeded draws")
-    for short in ("PM", "AP"):
-        always = _score(BY_SHORT[short].name, ["yes"] * len(answers(short)), answers(short))
-        out[short] = (_simulated(BY_SHORT[short].name, answers(short), ["yes", "no"], rng),
-                      f"F1 (yes) of a uniform random yes/no, mean of 1000 seeded draws; always yes: {always:.4f}")
-    out["AVE"] = (_score(BY_SHORT["AVE"].name, _ave_baseline(train["AVE"], test["AVE"]), answers("AVE")),
-                  "triple F1 of answering each target attribute with its most common train (value, source)")
-    echo = [input_text(r["text"][0]).rsplit("\nA: ", 1)[1] for r in test["QR"]]
-    out["QR"] = (_score(BY_SHORT["QR"].name, echo, answers("QR")), "token F1 of echoing the last query unchanged")
-    for short in ("UP", "IP", "AG"):
-        constant = _medoid_answer([r["text"][1] for r in train[short]])
-        out[short] = (_score(BY_SHORT[short].name, [constant] * len(test[short]), answers(short)),
-                      "token F1 of one constant answer: the train answer with the best mean token F1 on train")
-    return {t.name: {"metric": t.metric, "chance": round(out[t.short][0], 6), "how": out[t.short][1]}
-            for t in TASKS}
-
-
 # ---- files ------------------------------------------------------------------------------------------
 
 def build_rows(world: sw.World) -> dict[str, dict[str, list[Row]]]:
@@ -595,7 +512,7 @@ def build_rows(world: sw.World) -> dict[str, dict[str, list[Row]]]:
 def extra_train_rows(world: sw.World, short: str, n: int, seed: int,
                      exclude_inputs: Collection[str] = frozenset()) -> list[Row]:
     """``n`` more rows of generative task ``short`` drawn as the train split's are (train users, the catalog),
-    from a stream of their own: the demo base's instruction data (recfound_jax.pretrain), never a valid
+    from a stream of their own: the demo base's instruction data (recfound_jax.demo.pretrain), never a valid
     or test user's row. Rows whose `input_text` is in ``exclude_inputs`` (give the valid and test rows'
     inputs: a product pair or a review can recur across splits) are dropped, so fewer may come back."""
     task = BY_SHORT[short]
@@ -631,7 +548,7 @@ def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> di
     corpus = sw.world_corpus(world, seed)
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
     manifest = {
-        "generator": "recfound_jax.data.synthetic", "generator_version": GENERATOR_VERSION,
+        "generator": "recfound_jax.demo.synthetic", "generator_version": GENERATOR_VERSION,
         "scale": scale, "seed": seed,
         "rows": {split: {name: len(r) for name, r in rows[split].items()} for split in SPLITS},
         "world": {"categories": len(sw.CATEGORIES), "items": len(world.items), "users": len(world.users),

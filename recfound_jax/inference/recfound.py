@@ -9,28 +9,27 @@ Inputs use exactly the training formats (data/formatting.py): embeddings are Gri
 ``<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (or ``<s><|embed|>\\n{text}``) under bidirectional
 attention, mean-pooled over the text tokens and L2-normalised, as the training loss sees them;
 generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` and decodes greedily
-(evaluate/generation.py). Both are jitted on bucketed shapes and routed by the task's id.
+(evaluate/decoding.py). Both are jitted on bucketed shapes and routed by the task's id.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
-from recfound_jax import checkpoint, runs
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.data import formatting
-from recfound_jax.data.tasks import TASKS, Task, get_task
-from recfound_jax.evaluate import generation
+from recfound_jax.tasks import TASKS, Task, get_task
+from recfound_jax.inference import decoding
+from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.tokenizer import Tokenizer
-from recfound_jax.train.losses import mean_pool
 
 ROLES = ("query", "passage")
 
@@ -46,57 +45,6 @@ def resolve_task(task: Task | str | int, kind: str | None = None) -> Task:
     return found
 
 
-class EmbeddingEncoder:
-    """Pooled, L2-normalised embeddings of tokenized inputs; compiled once per (batch rows, length bucket).
-
-    ``traces`` counts how many times the encoding function was traced.
-    """
-
-    def __init__(self, model: Mistral, *, pad_id: int):
-        self.model = model
-        self.pad_id = int(pad_id)
-        self.graphdef = nnx.graphdef(model)
-        self.traces = 0
-        self._encode = jax.jit(self._encode_fn)
-
-    def _encode_fn(self, state: Any, ids, mask, pool_mask, task_ids) -> jax.Array:
-        self.traces += 1  # runs only while tracing
-        model = nnx.merge(self.graphdef, state)
-        hidden = model.hidden_states(ids, mask, task_ids=task_ids, causal=False)
-        return mean_pool(hidden, pool_mask)
-
-    def encode(
-        self,
-        seqs: Sequence[Sequence[int]],
-        prefix_lens: Sequence[int],
-        task_id: int,
-        *,
-        max_len: int,
-        batch_size: int = 64,
-        progress: bool | None = None,
-    ) -> np.ndarray:
-        """float32 [n, hidden] embeddings of token sequences, pooled over tokens from ``prefix_lens`` on."""
-        n = len(seqs)
-        out = np.zeros((n, self.model.config.hidden_size), np.float32)
-        lengths = np.asarray([len(s) for s in seqs], np.int64)
-        batches = generation.length_sorted_batches(lengths, batch_size)
-        state = nnx.state(self.model)
-        for rows in tqdm(batches, desc="embed", disable=not generation.show_progress(progress, len(batches))):
-            length = generation.bucket_length(int(lengths[rows].max()), max_len)
-            batch = generation.bucket_batch(len(rows), batch_size)
-            ids = np.full((batch, length), self.pad_id, np.int32)
-            mask = np.zeros((batch, length), np.int32)
-            pool = np.zeros((batch, length), np.float32)
-            mask[len(rows):, 0] = 1  # padding rows attend to one token, so no row is fully masked
-            for j, r in enumerate(rows):
-                ids[j, : lengths[r]] = seqs[r]
-                mask[j, : lengths[r]] = 1
-                pool[j, prefix_lens[r]: lengths[r]] = 1.0
-            tasks = np.full(batch, task_id, np.int32)
-            out[rows] = np.asarray(self._encode(state, ids, mask, pool, tasks))[: len(rows)]
-        return out
-
-
 class RecFound:
     """A RecFound model ready for inference: embedding, generation and routing, per task."""
 
@@ -109,7 +57,7 @@ class RecFound:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self._formatter = formatting.Formatter(tokenizer)
         self._encoder: EmbeddingEncoder | None = None
-        self._generator: generation.GreedyGenerator | None = None
+        self._generator: decoding.GreedyGenerator | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, step: int | None = None, *, base_only: bool = False,
@@ -120,11 +68,11 @@ class RecFound:
         """
         run_dir = Path(run_dir)
         if base_only:
-            model, c, step = runs.load_model(run_dir, mesh=mesh, with_adapters=False)
+            model, c, step = rundir.load_model(run_dir, mesh=mesh, with_adapters=False)
         elif step == 0 and 0 not in _checkpoint_steps(run_dir):
             model, c = _load_initial(run_dir, mesh)
         else:
-            model, c, step = runs.load_model(run_dir, step, mesh=mesh)
+            model, c, step = rundir.load_model(run_dir, step, mesh=mesh)
         return cls(model, c, _run_tokenizer(run_dir), step=step, run_dir=run_dir)
 
     # ------------------------------------------------------------------------------------ embedding
@@ -165,10 +113,10 @@ class RecFound:
         return int(self.config.data.generative_len) - 1
 
     @property
-    def generator(self) -> generation.GreedyGenerator:
+    def generator(self) -> decoding.GreedyGenerator:
         """The jitted greedy generator (made on first use)."""
         if self._generator is None:
-            self._generator = generation.GreedyGenerator(
+            self._generator = decoding.GreedyGenerator(
                 self.model, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                 max_prompt_len=self.max_prompt_len)
         return self._generator
@@ -183,7 +131,7 @@ class RecFound:
         task_id = resolve_task(task, "generative").id
         tokens = self.generator.generate(self.prompt_ids(prompts), task_id, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, progress=progress)
-        return [generation.trim_at_eos(row, self.tokenizer.eos_id) for row in tokens]
+        return [decoding.trim_at_eos(row, self.tokenizer.eos_id) for row in tokens]
 
     def generate(self, prompts: Sequence[str], *, task: Task | str | int, max_new_tokens: int = 64,
                  batch_size: int = 16, progress: bool | None = None) -> list[str]:
@@ -216,12 +164,12 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 def _load_initial(run_dir: Path, mesh) -> tuple[Mistral, ml_collections.ConfigDict]:
     """A run's model with the adapters it started from (run_dir/initial_params)."""
-    c = runs.read_config(run_dir)
-    info = runs.read_run_info(run_dir)
+    c = rundir.read_config(run_dir)
+    info = rundir.read_run_info(run_dir)
     base = Path(info["base"])
-    if runs.base_fingerprint(base) != info["base_fingerprint"]:
+    if rundir.base_fingerprint(base) != info["base_fingerprint"]:
         raise ValueError(f"{run_dir}: the base checkpoint {base} changed since the run was made")
-    model = runs.build_model(c, base, mesh=mesh)
+    model = rundir.build_model(c, base, mesh=mesh)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     checkpointer = checkpoint.Checkpointer(run_dir)
     try:
@@ -233,8 +181,8 @@ def _load_initial(run_dir: Path, mesh) -> tuple[Mistral, ml_collections.ConfigDi
 
 def _run_tokenizer(run_dir: Path) -> Tokenizer:
     """The tokenizer a run was trained with (run.json), else the base's own, else the default v3 file."""
-    info = runs.read_run_info(run_dir)
+    info = rundir.read_run_info(run_dir)
     path = info.get("tokenizer")
     if path and Path(path).is_file():
         return Tokenizer(path)
-    return Tokenizer(runs.tokenizer_path(Path(info["base"])))
+    return Tokenizer(rundir.tokenizer_path(Path(info["base"])))

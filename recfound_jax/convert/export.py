@@ -1,6 +1,6 @@
 """Export one task of a run as a plain HF Mistral checkpoint: no adapter code needed to serve it.
 
-    python -m recfound_jax.export --run RUN_DIR --task NAME [--step N] --out DIR
+    python -m recfound_jax.convert.export --run RUN_DIR --task NAME [--step N] --out DIR
 
 The task's gate is fixed, so its gated expert bank folds into one dense delta per projection and
 layer (W0 + ΔW_t, `model.hf.save_hf(model, DIR, task=...)`). DIR gets config.json and safetensors that
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
-from recfound_jax.data.tasks import TASKS, Task, get_task
+from recfound_jax.tasks import TASKS, Task, get_task
 
 README = "README.md"
 TOKENIZER = "tokenizer.model"
@@ -115,16 +115,16 @@ def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathL
     tokenizer.model and README.md. Raises KeyError for an unknown task, FileExistsError when ``out``
     is not empty.
     """
-    from recfound_jax import runs  # noqa: PLC0415 (jax starts here)
-    from recfound_jax.model.hf import save_hf  # noqa: PLC0415
+    from recfound_jax.runs import rundir  # noqa: PLC0415 (jax starts here)
+    from recfound_jax.convert.hf import save_hf  # noqa: PLC0415
 
     run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
     resolved = get_task(task)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another --out")
-    model, config, step = runs.load_model(run_dir, step)
+    model, config, step = rundir.load_model(run_dir, step)
     save_hf(model, out, task=resolved.name)
-    tokenizer = runs.read_run_info(run_dir).get("tokenizer")
+    tokenizer = rundir.read_run_info(run_dir).get("tokenizer")
     if not tokenizer or not Path(tokenizer).is_file():
         raise FileNotFoundError(f"{run_dir}: run.json names tokenizer {tokenizer!r}, which is not a file")
     shutil.copyfile(tokenizer, out / TOKENIZER)
@@ -135,7 +135,7 @@ def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathL
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (checked before jax starts)."""
-    p = argparse.ArgumentParser(prog="python -m recfound_jax.export", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m recfound_jax.convert.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the run directory")
     p.add_argument("--task", required=True, help=f"task name or short name: {', '.join(t.name for t in TASKS)}")

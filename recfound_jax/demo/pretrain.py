@@ -4,12 +4,12 @@ The corpus (synthetic.pretraining_corpus, optionally plus train-split generative
 is tokenized with the real Mistral v3 tokenizer, each document wrapped in BOS/EOS, shuffled and packed
 into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained with AdamW (warmup,
 then cosine or linear decay) in one jitted functional step. When ``config.instruct.rows`` names tasks,
-an instruction stage follows (`recfound_jax.instruct`): every weight trained on the answer tokens of
+an instruction stage follows (`recfound_jax.demo.instruct`): every weight trained on the answer tokens of
 fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
 (`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
 renamed into place, so a directory holding the completion marker is always whole.
 
-``python -m recfound_jax.pretrain --config configs/demo_base.py [--config.key=value ...]``
+``python -m recfound_jax.demo.pretrain --config configs/demo_base.py [--config.key=value ...]``
 """
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from recfound_jax import config as config_lib
-from recfound_jax.atomic_dir import build_dir_atomically
-from recfound_jax import instruct
-from recfound_jax.data import synthetic, synthetic_world
-from recfound_jax.data.tasks import BY_SHORT, GENERATIVE_TASKS
-from recfound_jax.model.hf import save_hf
+from recfound_jax.runs.atomic_dir import build_dir_atomically
+from recfound_jax.demo import instruct
+from recfound_jax.data import formatting
+from recfound_jax.demo import synthetic, synthetic_world
+from recfound_jax.tasks import BY_SHORT, GENERATIVE_TASKS
+from recfound_jax.convert.hf import save_hf
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
@@ -305,7 +306,7 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.Answe
 # ----------------------------------------------------------------------------------- entry points
 def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, tokenizer: Tokenizer,
                        progress: bool = True) -> dict:
-    """The instruction stage of `recfound_jax.instruct` on ``model``, in place; returns its summary for the log.
+    """The instruction stage of `recfound_jax.demo.instruct` on ``model``, in place; returns its summary for the log.
 
     Rows: instruct.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), less those
     whose input (a product pair, a review) is a valid or test row's input, so that no held-out input is
@@ -319,7 +320,7 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
         name = BY_SHORT[short].name
         valid_rows = synthetic.read_rows(data_dir, "valid", name)
         valid_pairs = [tuple(row["text"]) for row in valid_rows]
-        held_out_inputs = {synthetic.input_text(row["text"][0])
+        held_out_inputs = {formatting.input_text(row["text"][0])
                            for row in valid_rows + synthetic.read_rows(data_dir, "test", name)}
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
         dropped[short] = count - len(pairs)

@@ -1,6 +1,6 @@
 """Import the released RecFound-7B adapters as a run directory.
 
-    python -m recfound_jax.import_released --adapter DIR --base HF_DIR --out RUN_DIR \\
+    python -m recfound_jax.convert.released --adapter DIR --base HF_DIR --out RUN_DIR \\
         [--task-embedding FILE] [--dtype bfloat16|float32] [--data DATA_DIR]
 
 The released checkpoint (JunkFood436/RecFound) holds, in DIR:
@@ -41,11 +41,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from recfound_jax import config as config_lib, runs
-from recfound_jax.data.tasks import TASK_TABLE_SIZE
+from recfound_jax import config as config_lib
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASK_TABLE_SIZE
 from recfound_jax.merge.checkpoints import key_name, write_run
-from recfound_jax.model import safetensors_io as st
-from recfound_jax.model.hf import read_config as read_hf_config
+from recfound_jax.convert import safetensors_io as st
+from recfound_jax.convert.hf import read_config as read_hf_config
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.tokenizer import default_tokenizer_path
 
@@ -203,7 +204,7 @@ def read_task_embedding(path: str | os.PathLike) -> np.ndarray:
 def _params(config: ml_collections.ConfigDict, base: Path, banks: dict[str, dict[str, np.ndarray]],
             task_embedding: np.ndarray) -> Any:
     """The run's trainable-param State (nnx.Param values) filled with the imported arrays."""
-    tmole = runs.tmole_config(config)
+    tmole = rundir.tmole_config(config)
     kinds = tmole.expert_kinds().tolist()
     if kinds != [0] * NUM_EMBEDDING + [2] * NUM_GENERATIVE:  # embedding experts first, then generative
         raise AssertionError(f"bank order {kinds} is not the released expert order")
@@ -235,7 +236,7 @@ def import_released(adapter: str | os.PathLike, base: str | os.PathLike, out: st
     """Check and convert the released adapters in ``adapter`` for the HF Mistral ``base``; write run ``out``.
 
     ``task_embedding`` defaults to adapter/embedding_weights.pth. ``dtype`` is the run's base and
-    compute dtype (adapters stay float32). Returns the run directory, which `runs.load_model`,
+    compute dtype (adapters stay float32). Returns the run directory, which `rundir.load_model`,
     `RecFound.from_run`, evaluation and export open.
     """
     adapter, base = Path(adapter).absolute(), Path(base).absolute()
@@ -254,8 +255,8 @@ def import_released(adapter: str | os.PathLike, base: str | os.PathLike, out: st
     params = _params(config, base, map_adapter(infos, base_cfg.num_layers, dims), table)
     adapter_dtypes = sorted({st.CODES[info.dtype] for info in infos.values()})
     source = {"adapter": str(adapter_file), "task_embedding": str(embedding_file), "adapter_dtypes": adapter_dtypes}
-    info = {"base": str(base), "base_fingerprint": runs.base_fingerprint(base),
-            "tokenizer": str(runs.tokenizer_path(base) or default_tokenizer_path()),
+    info = {"base": str(base), "base_fingerprint": rundir.base_fingerprint(base),
+            "tokenizer": str(rundir.tokenizer_path(base) or default_tokenizer_path()),
             "data": None if data is None else str(Path(data).absolute()),
             "jax": jax.__version__, "imported_from": source}
     return write_run(out, config_lib.to_dict(config), info, params, 0, {"step": 0, "imported_from": source},
@@ -264,7 +265,7 @@ def import_released(adapter: str | os.PathLike, base: str | os.PathLike, out: st
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(prog="python -m recfound_jax.import_released", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m recfound_jax.convert.released", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help=f"released checkpoint folder holding {ADAPTER_FILE}")
     p.add_argument("--base", required=True, help="HF Mistral-7B-Instruct-v0.3 folder (safetensors)")

@@ -1,0 +1,1 @@
+"""Inference: embedding encoding and pooling, greedy decoding, the RecFound API."""

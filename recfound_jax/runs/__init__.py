@@ -1,0 +1,1 @@
+"""Run directories: run files, Orbax checkpoints, atomic directory builds."""

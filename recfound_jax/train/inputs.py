@@ -1,0 +1,65 @@
+"""A run's inputs: the base checkpoint (the demo's built on first use), the dataset (the synthetic one
+generated on first use), the base's tokenizer, and the tokenized train and valid splits."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+from absl import logging
+
+from recfound_jax import config as config_lib
+from recfound_jax.data import formatting
+from recfound_jax.demo import pretrain, synthetic
+from recfound_jax.runs import rundir
+from recfound_jax.tokenizer import Tokenizer
+
+
+def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: bool = True) -> Path:
+    """The base checkpoint directory; "demo" builds (once) the tiny pretrained base, with progress bars
+    unless ``progress`` is False."""
+    if c.model.base != "demo":
+        return Path(c.model.base).absolute()
+    base_config = config_lib.load_config_file(rundir.DEMO_BASE_CONFIG)
+    return Path(pretrain.ensure_base(base_config, progress=progress) if build else pretrain.base_dir(base_config))
+
+
+def resolve_data(c: ml_collections.ConfigDict) -> Path:
+    """The dataset directory; "synthetic" generates it (once) under the cache."""
+    if c.data.dir != "synthetic":
+        return Path(c.data.dir).absolute()
+    out = config_lib.synthetic_dir(c.data.synthetic_scale, c.data.synthetic_seed)
+    synthetic.ensure_dataset(out, scale=c.data.synthetic_scale, seed=c.data.synthetic_seed)
+    return out
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What a run reads: base checkpoint, dataset, tokenizer and tokenized splits."""
+
+    base: Path
+    data: Path
+    tokenizer: Tokenizer
+    train: formatting.TokenizedSplit
+    valid: formatting.TokenizedSplit
+
+
+def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
+    """Build or find the base and dataset, then validate and tokenize train and valid (cached)."""
+    base = resolve_base(c, progress=progress)
+    data = resolve_data(c)
+    tokenizer = Tokenizer(rundir.tokenizer_path(base))
+    cache = workdir / "token_cache"
+    kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
+                  generative_max_len=c.data.generative_len, cache_dir=cache, on_error=c.data.on_error)
+    train = formatting.tokenize_split(data, "train", tokenizer, **kwargs)
+    valid = formatting.tokenize_split(data, "valid", tokenizer, **kwargs)
+    for split in (train, valid):
+        if split.report is not None and split.report.total_skipped:
+            logging.warning("skipped bad data rows (data.on_error=skip):\n%s", split.report.summary())
+    for kind, stats in train.stats.items():
+        if stats.truncated:
+            key = {"query": "query_len", "passage": "passage_len", "generative": "generative_len"}[kind]
+            logging.warning("%d of %d %s rows of the train split are longer than data.%s=%d and were truncated",
+                            stats.truncated, stats.rows, kind, key, c.data[key])
+    return Inputs(base, data, tokenizer, train, valid)
