@@ -1,24 +1,33 @@
-"""The run configuration: every key with its default, and the checks made before anything compiles.
+"""The schema: every key of a run (and of the demo base's recipe) with its default, and every check,
+made before anything compiles.
 
-Config files under configs/ define ``get_config()`` that starts from `base_config()` and changes
-values; the dict is locked, so a misspelt key fails at once with its name, in the file or on the
-command line (``--config.train.steps=10``).
+Config files under configs/ define ``get_config()`` that starts from `base_config()` (the demo base:
+`demo_base_config()`) and changes values; the dict is locked, so a misspelt key fails at once with its
+name, in the file or on the command line (``--config.train.steps=10``). `validate` and
+`validate_demo_base` raise a `ConfigError` naming ``config.<key>``. The typed options of the code below
+(``TMoLEConfig``, ``S2SchedConfig``, ``StepOptions``, ``BatchConfig``) are mapped from a checked config
+by one ``from_config`` each and carry no defaults or checks of their own.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-from recfound_jax.model.mistral import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
-from recfound_jax.model.tmole import DROPOUT_RNGS
+from recfound_jax import jsonio, parallel, recipes
+from recfound_jax.tasks import GENERATIVE_TASKS
+from recfound_jax.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+DROPOUT_RNGS = ("threefry", "threefry16")  # how adapter dropout masks are drawn: model.tmole.dropout_keep_mask
+DECAYS = ("cosine", "linear")  # the demo base's learning-rate decays
+FREE_MAPPINGS = ("instruct.rows",)  # keys whose value maps names the schema does not fix (task -> rows)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.base = "demo"  # a HF Mistral directory, or "demo": the tiny base built by recfound_jax.demo.pretrain
+    c.model.base_recipe = "demo_base"  # the recipe (name or path) of that demo base, when model.base is "demo"
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
     c.model.remat = "none"
@@ -42,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.rank = 16
     c.tmole.alpha = 64.0
     c.tmole.dropout = 0.1
-    c.tmole.dropout_rng = "threefry"  # or "threefry16" (a quarter of the hashing) or "rbg" (tmole.dropout_keep_mask)
+    c.tmole.dropout_rng = "threefry"  # or "threefry16": a quarter of the hashing (tmole.dropout_keep_mask)
     c.tmole.dropout_shared_qkv = False  # True: one dropout mask for the q, k and v adapters (one A contraction)
     c.tmole.task_embedding_dim = 512
     c.tmole.router_hidden = ()
@@ -91,6 +101,65 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def demo_base_config() -> ml_collections.ConfigDict:
+    """Every key of the demo base's recipe with its default: the recipe itself (configs/demo_base.py).
+
+    The base is a tiny Mistral with the real Mistral v3 tokenizer, pretrained by recfound_jax.demo.pretrain:
+    a causal-LM stage (``train``), then an instruction stage (``instruct``).
+    """
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()
+    c.model.vocab_size = 32768  # Mistral v3 SentencePiece
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 344
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.head_dim = 32
+    c.model.rms_norm_eps = 1e-5
+    c.model.rope_theta = 1e4
+    c.model.max_position_embeddings = 192
+
+    c.data = ml_collections.ConfigDict()
+    c.data.scale = 1  # synthetic world size (recfound_jax.demo.synthetic)
+    c.data.seed = 0
+    c.data.generative_rows_per_task = 200  # train-split rows per generative task; 0 = none, -1 = all
+    c.data.eval_rows_per_task = 4  # valid-split rows per generative task for a held-out loss; 0 = none
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seq_len = 128  # documents are packed into windows of seq_len + 1 tokens
+    c.train.batch_size = 8
+    c.train.steps = 500
+    c.train.learning_rate = 3e-3
+    c.train.warmup_steps = 25
+    c.train.decay = "cosine"  # one of DECAYS, from the peak down to end_lr_fraction * peak
+    c.train.end_lr_fraction = 0.1
+    c.train.weight_decay = 0.01  # matrices only, not norms
+    c.train.grad_clip = 1.0
+    c.train.seed = 0
+    c.train.log_every = 10
+
+    # The instruction stage (recfound_jax.demo.instruct): after the causal-LM stage, every weight trained on
+    # the answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
+    # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
+    c.instruct = ml_collections.ConfigDict()
+    # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
+    c.instruct.rows = {"AP": 3000, "PRP": 12000, "SA": 1500, "AVE": 6000}
+    c.instruct.steps = 800
+    c.instruct.batch_size = 32
+    c.instruct.learning_rate = 1e-3
+    c.instruct.warmup_steps = 20
+    c.instruct.decay = "cosine"
+    c.instruct.end_lr_fraction = 0.1
+    c.instruct.weight_decay = 0.01
+    c.instruct.grad_clip = 1.0
+    c.instruct.seed = 0
+    c.instruct.log_every = 10
+
+    c.output_dir = ""  # empty: the cached base of ensure_base ($RECFOUND_CACHE or ~/.cache/recfound_jax)
+    return c
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
 
@@ -101,21 +170,61 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first key that cannot work; run before any compile."""
-    known = base_config()
-    _check_keys(c, known, "")
-    _check(c.model.param_dtype in DTYPES, "model.param_dtype", f"{c.model.param_dtype!r} not in {DTYPES}")
-    _check(c.model.compute_dtype in DTYPES, "model.compute_dtype", f"{c.model.compute_dtype!r} not in {DTYPES}")
-    _check(c.model.remat in REMAT_POLICIES, "model.remat", f"{c.model.remat!r} not in {REMAT_POLICIES}")
-    _check(c.model.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
-           f"{c.model.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
-    if c.model.base != "demo":
-        _check(Path(c.model.base, "config.json").is_file(), "model.base",
-               f"{c.model.base!r} is not a HF checkpoint directory (no config.json)")
-    if c.data.dir != "synthetic":
-        _check(Path(c.data.dir).is_dir(), "data.dir", f"{c.data.dir!r} is not a directory")
-    _check(c.data.on_error in ("raise", "skip"), "data.on_error", f"{c.data.on_error!r} not in ('raise', 'skip')")
-    t = c.tmole
+    """Raise ConfigError naming the first key of a run config that cannot work; run before any compile."""
+    _check_keys(c, base_config(), "")
+    _check(c.seed >= 0, "seed", f"must be >= 0, got {c.seed}")
+    _check_model(c.model)
+    _check_data(c.data, c.model)
+    _check_tmole(c.tmole)
+    _check_train(c.train)
+    _check_s2sched(c.s2sched)
+    _check_mesh(c, device_count)
+
+
+def section_defaults(section: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """The ``section`` block ("tmole" or "s2sched") of `base_config` with ``overrides``, checked as `validate`
+    checks a run's: how the Python API makes typed options without a run config (``TMoLEConfig.default``)."""
+    checks = {"tmole": _check_tmole, "s2sched": _check_s2sched}
+    block = base_config()[section]
+    _check_keys(ml_collections.ConfigDict(overrides), block, f"{section}.")
+    for key, value in overrides.items():
+        try:
+            block[key] = value
+        except TypeError as err:  # the schema's type: an int key given a float, a bool key an int
+            raise ConfigError(f"config.{section}.{key}: {err}") from None
+    checks[section](block)
+    return block
+
+
+def _check_model(m: ml_collections.ConfigDict) -> None:
+    _check(m.param_dtype in DTYPES, "model.param_dtype", f"{m.param_dtype!r} not in {DTYPES}")
+    _check(m.compute_dtype in DTYPES, "model.compute_dtype", f"{m.compute_dtype!r} not in {DTYPES}")
+    _check(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} not in {REMAT_POLICIES}")
+    _check(m.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
+           f"{m.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
+    if m.base != "demo":
+        _check(Path(m.base, "config.json").is_file(), "model.base",
+               f"{m.base!r} is not a HF checkpoint directory (no config.json)")
+    else:
+        _check(recipes.exists(m.base_recipe), "model.base_recipe",
+               f"{m.base_recipe!r} is neither a shipped recipe ({', '.join(recipes.names())}) nor a file")
+
+
+def _check_data(d: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
+    if d.dir != "synthetic":
+        _check(Path(d.dir).is_dir(), "data.dir", f"{d.dir!r} is not a directory")
+    _check(d.on_error in ("raise", "skip"), "data.on_error", f"{d.on_error!r} not in ('raise', 'skip')")
+    lengths = ("query_len", "passage_len", "generative_len")
+    for key in lengths:
+        _check(d[key] >= 8, f"data.{key}", f"must be >= 8, got {d[key]}")
+    max_positions = base_max_positions(model.base, model.base_recipe)
+    for key in lengths:
+        _check(d[key] <= max_positions, f"data.{key}",
+               f"{d[key]} exceeds the base's max_position_embeddings={max_positions}")
+
+
+def _check_tmole(t: ml_collections.ConfigDict) -> None:
+    _check_bool(t.enabled, "tmole.enabled")
     for key in ("num_embedding", "num_shared", "num_generative"):
         _check(t[key] >= 0, f"tmole.{key}", f"must be >= 0, got {t[key]}")
     if t.enabled:
@@ -126,16 +235,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check(t.rank > 0, "tmole.rank", f"must be > 0, got {t.rank}")
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
     _check(t.dropout_rng in DROPOUT_RNGS, "tmole.dropout_rng", f"{t.dropout_rng!r} not in {DROPOUT_RNGS}")
-    _check(isinstance(t.dropout_shared_qkv, bool), "tmole.dropout_shared_qkv",
-           f"must be True or False, got {t.dropout_shared_qkv!r}")
-    for key in ("query_len", "passage_len", "generative_len"):
-        _check(c.data[key] >= 8, f"data.{key}", f"must be >= 8, got {c.data[key]}")
-    max_positions = base_max_positions(c.model.base)
-    if max_positions is not None:
-        for key in ("query_len", "passage_len", "generative_len"):
-            _check(c.data[key] <= max_positions, f"data.{key}",
-                   f"{c.data[key]} exceeds the base's max_position_embeddings={max_positions}")
-    tr = c.train
+    _check_bool(t.dropout_shared_qkv, "tmole.dropout_shared_qkv")
+
+
+def _check_train(tr: ml_collections.ConfigDict) -> None:
     _check(tr.steps > 0, "train.steps", f"must be > 0, got {tr.steps}")
     _check(tr.embedding_batch >= 0 and tr.generative_batch >= 0, "train.embedding_batch", "batch sizes must be >= 0")
     _check(tr.embedding_batch + tr.generative_batch > 0, "train.generative_batch", "both batches are empty")
@@ -146,37 +249,106 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     if tr.generative_micro_batch > 0:
         _check(tr.generative_batch % tr.generative_micro_batch == 0, "train.generative_micro_batch",
                f"{tr.generative_micro_batch} does not divide train.generative_batch={tr.generative_batch}")
+
+
+def _check_s2sched(s: ml_collections.ConfigDict) -> None:
+    _check_bool(s.enabled, "s2sched.enabled")
+    _check(s.window >= 2, "s2sched.window", f"must be >= 2, got {s.window}")
+    _check(math.isfinite(s.tau), "s2sched.tau", f"must be finite, got {s.tau}")
+    _check(0.0 <= s.warmup_ratio <= 1.0, "s2sched.warmup_ratio", f"must be in [0, 1], got {s.warmup_ratio}")
+    _check(s.warmup_steps >= -1, "s2sched.warmup_steps",
+           f"must be >= 0, or -1 to use s2sched.warmup_ratio, got {s.warmup_steps}")
+    _check(s.probe_size >= 1, "s2sched.probe_size", f"must be >= 1, got {s.probe_size}")
+    _check(s.update_every >= 1, "s2sched.update_every", f"must be >= 1, got {s.update_every}")
+    _check_bool(s.floor, "s2sched.floor")
+
+
+def _check_mesh(c: ml_collections.ConfigDict, device_count: int | None) -> None:
     _check(len(tuple(c.mesh.shape)) == 3, "mesh.shape", f"{tuple(c.mesh.shape)} needs 3 entries (data, fsdp, tensor)")
-    if device_count is not None:
-        from recfound_jax import parallel  # noqa: PLC0415 (jax import only when devices are known)
-        try:
-            mesh_shape = parallel.resolve_mesh_shape(c.mesh.shape, device_count)
-        except ValueError as err:
-            raise ConfigError(f"config.mesh.shape: {err}") from None
-        data_ways = mesh_shape[0] * mesh_shape[1]
-        for key in ("embedding_batch", "generative_batch"):
-            _check(tr[key] % data_ways == 0, f"train.{key}",
-                   f"{tr[key]} is not divisible by the {data_ways} data-parallel devices of mesh {mesh_shape}")
+    if device_count is None:
+        return
+    try:
+        mesh_shape = parallel.resolve_mesh_shape(c.mesh.shape, device_count)
+    except ValueError as err:
+        raise ConfigError(f"config.mesh.shape: {err}") from None
+    data_ways = mesh_shape[0] * mesh_shape[1]
+    for key in ("embedding_batch", "generative_batch"):
+        _check(c.train[key] % data_ways == 0, f"train.{key}",
+               f"{c.train[key]} is not divisible by the {data_ways} data-parallel devices of mesh {mesh_shape}")
 
 
-def base_max_positions(base: str) -> int | None:
-    """The longest sequence the base model takes (config.json's max_position_embeddings), if known.
+def validate_demo_base(c: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first key of a demo base recipe (`demo_base_config`) that cannot work."""
+    _check_keys(c, demo_base_config(), "")
+    m = c.model
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "max_position_embeddings"):
+        _check(m[key] > 0, f"model.{key}", f"must be positive, got {m[key]}")
+    vocab = Tokenizer().vocab_size
+    _check(m.vocab_size == vocab, "model.vocab_size",
+           f"must equal the Mistral v3 tokenizer's vocabulary ({vocab}), got {m.vocab_size}")
+    _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", f"must divide model.num_heads={m.num_heads}")
+    _check(m.head_dim % 2 == 0, "model.head_dim", "must be even (rotate-half RoPE)")
+    _check(m.rope_theta > 0, "model.rope_theta", "must be positive")
+    _check(c.data.scale >= 1, "data.scale", f"must be >= 1, got {c.data.scale}")
+    for key in ("generative_rows_per_task", "eval_rows_per_task"):
+        _check(c.data[key] >= -1, f"data.{key}", "must be -1 (all), 0 (none) or a positive count")
+    t = c.train
+    for key in ("seq_len", "batch_size", "steps", "log_every"):
+        _check(t[key] > 0, f"train.{key}", f"must be positive, got {t[key]}")
+    _check(t.seq_len <= m.max_position_embeddings, "train.seq_len",
+           f"{t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
+    _check_stage(t, "train")
+    _check_instruct(c.instruct)
 
-    ``"demo"`` reads configs/demo_base.py when the source tree is there (the base may not be built yet).
-    """
+
+def _check_stage(t: ml_collections.ConfigDict, section: str) -> None:
+    """The optimiser keys of a demo base stage (``train`` or ``instruct``)."""
+    _check(t.learning_rate > 0, f"{section}.learning_rate", "must be positive")
+    _check(0 <= t.warmup_steps < t.steps, f"{section}.warmup_steps", f"must be in [0, {section}.steps={t.steps})")
+    _check(t.decay in DECAYS, f"{section}.decay", f"must be one of {DECAYS}, got {t.decay!r}")
+    _check(0.0 <= t.end_lr_fraction <= 1.0, f"{section}.end_lr_fraction", "must be in [0, 1]")
+    _check(t.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0")
+    _check(t.grad_clip > 0, f"{section}.grad_clip", "must be positive")
+
+
+def _check_instruct(t: ml_collections.ConfigDict) -> None:
+    """The instruction stage: an empty instruct.rows turns it off; otherwise every key is checked."""
+    if not t.rows:
+        return
+    generative = [task.short for task in GENERATIVE_TASKS]
+    for short, count in t.rows.items():
+        _check(short in generative, f"instruct.rows.{short}", f"is not a generative task's short name {generative}")
+        _check(count > 0, f"instruct.rows.{short}", f"must be a positive row count, got {count}")
+    for key in ("steps", "batch_size", "log_every"):
+        _check(t[key] > 0, f"instruct.{key}", f"must be positive, got {t[key]}")
+    _check(sum(t.rows.values()) >= t.batch_size, "instruct.rows",
+           f"{sum(t.rows.values())} rows do not fill one batch of instruct.batch_size={t.batch_size}")
+    _check(t.batch_size >= len(t.rows), "instruct.batch_size",
+           f"{t.batch_size} cannot hold one row of each of the {len(t.rows)} tasks of instruct.rows")
+    _check_stage(t, "instruct")
+
+
+def _check_bool(value: Any, key: str) -> None:
+    _check(isinstance(value, bool), key, f"must be True or False, got {value!r}")
+
+
+def base_max_positions(base: str, base_recipe: str = "demo_base") -> int:
+    """The longest sequence the base model takes: config.json's max_position_embeddings, or for ``"demo"``
+    the demo base recipe's (``base_recipe``, a name or path; the base may not be built yet)."""
     if base == "demo":
-        demo = Path(__file__).resolve().parents[1] / "configs" / "demo_base.py"
-        return int(load_config_file(demo).model.max_position_embeddings) if demo.is_file() else None
-    raw = json.loads(Path(base, "config.json").read_text())
+        return int(recipes.load(base_recipe).model.max_position_embeddings)
+    raw = jsonio.read_json(Path(base, "config.json"))
     return int(raw.get("max_position_embeddings", 32768))  # HF's default when the field is absent
 
 
 def _check_keys(c: ml_collections.ConfigDict, known: ml_collections.ConfigDict, prefix: str) -> None:
+    """Raise ConfigError naming the first key of ``c`` that the schema ``known`` does not have."""
     for key in c.keys():
         name = f"{prefix}{key}"
         if key not in known:
             raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(known.keys())}")
-        if isinstance(c[key], ml_collections.ConfigDict):
+        if isinstance(c[key], ml_collections.ConfigDict) and name not in FREE_MAPPINGS:
             _check_keys(c[key], known[key], name + ".")
 
 
@@ -202,12 +374,6 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
     return c
 
 
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Run ``get_config()`` of a config file given by path (how ablation configs extend their recipe)."""
-    path = Path(path)
-    spec = importlib.util.spec_from_file_location(f"recfound_config_{path.stem}", path)
-    if spec is None or not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def load_config_file(recipe: str | os.PathLike) -> ml_collections.ConfigDict:
+    """``get_config()`` of a recipe given by name (``"demo"``) or by path: `recipes.load`."""
+    return recipes.load(recipe)

@@ -121,11 +121,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def mesh_from_config(c: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The (data, fsdp, tensor) mesh of a run config's ``mesh.shape`` (one entry may be -1)."""
-    return make_mesh(tuple(c.mesh.shape), devices)
-
-
 # Activations, by name: the sample axis over data x fsdp, everything else whole on each device. With
 # these, XLA gathers the fsdp-sharded weights for each layer (FSDP) instead of splitting the matmuls'
 # contraction over fsdp and all-reducing activations, which it does when nothing pins the batch.

@@ -190,11 +190,12 @@ def main() -> None:
         print(f"{r['cores']} core(s){'':<2}{r['read']:>17.2f}{r['tokenize']:>12.2f}{r['save']:>8.2f}{r['load']:>8.2f}"
               f"{r['rows/s']:>10.0f}{r['cpu']:>8.2f}{r['released_s'] / 60:>24.2f}{r['released_cpu_s'] / 60:>9.2f}")
     configs = {
-        "1 proc, B=256+128, pad to max": batching.BatchConfig(256, 128, 256, 2048, 2048),
+        "1 proc, B=256+128, pad to max": batching.BatchConfig(256, 128, 256, 2048, 2048, seed=0),
         "1 proc, B=256+128, buckets": batching.BatchConfig(
-            256, 128, 256, 2048, 2048, query_buckets=(64, 128), passage_buckets=(256, 512, 1024),
+            256, 128, 256, 2048, 2048, seed=0, query_buckets=(64, 128), passage_buckets=(256, 512, 1024),
             generative_buckets=(512, 1024)),
-        "8 procs, B=2048+1024, share of 1": batching.BatchConfig(2048, 1024, 256, 2048, 2048, process_count=8),
+        "8 procs, B=2048+1024, share of 1": batching.BatchConfig(2048, 1024, 256, 2048, 2048, seed=0,
+                                                                 process_count=8),
     }
     print(f"\n{'batch assembly (1 core)':<36}{'samples/s':>12}")
     for name, config in configs.items():

@@ -1,6 +1,6 @@
 """One GPU: the project's TMoLE train step on a Mistral-7B-shaped model against transformers + PEFT LoRA.
 
-    python scripts/bench_gpu.py                 # on one H100: five runs, one table (about 5.5 minutes)
+    python scripts/bench_gpu.py                 # on one H100: five runs, one table
     python scripts/bench_gpu.py --cpu-small     # the same code on the CPU at a tiny shape (hidden 128, 2 layers)
 
 JAX rows: recfound_jax/train/step.py's joint step (generative branch: token cross-entropy over every
@@ -95,6 +95,7 @@ def run_jax(case: Case, shape: Shape, small: bool, steps: int, rank: int) -> dic
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
+    from recfound_jax import config as config_lib  # noqa: PLC0415
     from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: PLC0415
     from recfound_jax.model.tmole import TMoLE, TMoLEConfig  # noqa: PLC0415
     from recfound_jax.train import step as step_lib  # noqa: PLC0415
@@ -103,8 +104,8 @@ def run_jax(case: Case, shape: Shape, small: bool, steps: int, rank: int) -> dic
                         num_layers=shape.layers, num_heads=shape.heads, num_kv_heads=shape.kv_heads,
                         head_dim=shape.head_dim)
     dtype = jnp.float32 if small else jnp.bfloat16
-    tmole = TMoLEConfig(rank=rank, alpha=4.0 * rank, dropout=0.1, task_embedding_dim=512,
-                        dropout_rng=case.dropout_rng)
+    tmole = TMoLEConfig.default(rank=rank, alpha=4.0 * rank, dropout=0.1, task_embedding_dim=512,
+                                dropout_rng=case.dropout_rng)
     model = nnx.eval_shape(lambda: Mistral(cfg, tmole=tmole, param_dtype=dtype, dtype=dtype, remat=case.remat,
                                            attention_impl="xla" if small else "cudnn", rngs=nnx.Rngs(0)))
     nnx.update(model, random_base(nnx.state(model, BaseParam)))
@@ -117,7 +118,8 @@ def run_jax(case: Case, shape: Shape, small: bool, steps: int, rank: int) -> dic
     ids = jnp.asarray(rng.integers(3, shape.vocab, (case.micro, shape.length)), jnp.int32)
     gen = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "labels": ids,
            "task_ids": jnp.asarray(rng.integers(3, 13, case.micro), jnp.int32)}
-    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_lib.StepOptions()), donate_argnums=0)
+    opts = step_lib.StepOptions.from_config(config_lib.base_config(), answer_budget=0)
+    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, opts), donate_argnums=0)
     key = jax.random.key(0)
     begin = time.perf_counter()
     state, metrics = train_step(state, parts.base, None, gen, key)

@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from recfound_jax import config as config_lib
-from recfound_jax.runs import rundir  # noqa: E402
 from recfound_jax.tasks import get_task  # noqa: E402
 from recfound_jax.inference.decoding import GreedyGenerator  # noqa: E402
 from recfound_jax.inference import EmbeddingEncoder, RecFound  # noqa: E402
@@ -152,14 +151,14 @@ def demo_model(run: str | None) -> tuple[Mistral, str]:
                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
                         head_dim=m.head_dim, rms_norm_eps=m.rms_norm_eps, rope_theta=m.rope_theta,
                         max_position_embeddings=m.max_position_embeddings)
-    tmole = rundir.tmole_config(config_lib.load_config_file(ROOT / "configs" / "demo.py"))
+    tmole = TMoLEConfig.from_config(config_lib.load_config_file(ROOT / "configs" / "demo.py").tmole)
     return Mistral(cfg, tmole=tmole, rngs=nnx.Rngs(0)), "jax demo shape (random)"
 
 
 def bf16_model(cfg: MistralConfig, *, adapters: bool) -> Mistral:
     """A random bf16 model of ``cfg``, with the paper's TMoLE adapters or none; cuDNN attention on GPU."""
     attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
-    return Mistral(cfg, tmole=TMoLEConfig() if adapters else None, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16,
+    return Mistral(cfg, tmole=TMoLEConfig.default() if adapters else None, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16,
                    attention_impl=attention, rngs=nnx.Rngs(0))
 
 

@@ -161,7 +161,7 @@ def compile_step(layers: int, seq: int) -> tuple[float, float]:
     from recfound_jax.model.tmole import TMoLEConfig
 
     cfg = compile_config(layers)
-    tmole = TMoLEConfig(num_embedding=2, num_shared=2, num_generative=2, rank=16)
+    tmole = TMoLEConfig.default(num_embedding=2, num_shared=2, num_generative=2, rank=16)
     model = nnx.eval_shape(lambda: Mistral(cfg, tmole=tmole, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16,
                                            rngs=nnx.Rngs(0)))
     graphdef, adapters, frozen = nnx.split(model, nnx.Param, ...)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS
-from recfound_jax.train.s2sched import S2Sched
+from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
 
 _GOAL_MS = 1.0
 _WARM_CALLS = 50
@@ -23,7 +23,7 @@ def _time_updates(task_ids: list[int], calls: int, batch_size: int) -> np.ndarra
     """Seconds per observe + counts over `calls` scheduled steps, the jit already compiled."""
     n = len(task_ids)
     total = _WARM_CALLS + calls
-    sched = S2Sched({"warmup_steps": 2}, task_ids, batch_size=batch_size, total_steps=total)
+    sched = S2Sched(S2SchedConfig.default(warmup_steps=2), task_ids, batch_size=batch_size, total_steps=total)
     rng = np.random.default_rng(0)
     losses = 2.0 + np.cumsum(rng.normal(-0.002, 0.01, size=(total, n)), axis=0)
     sched.set_normaliser(losses[0])

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_s2sched  # noqa: E402
 
+from recfound_jax import config as config_lib  # noqa: E402
 from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
@@ -71,7 +72,8 @@ def compiled_step(tmole: TMoLEConfig, emb: dict, gen: dict) -> tuple[Callable[[]
     parts = step_lib.ModelParts.of(model)
     optimizer = step_lib.make_optimizer(learning_rate=1e-3, total_steps=100, warmup_ratio=0.0, weight_decay=0.0,
                                         grad_clip=1.0)
-    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_lib.StepOptions()), donate_argnums=0)
+    opts = step_lib.StepOptions.from_config(config_lib.base_config(), answer_budget=0)
+    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, opts), donate_argnums=0)
     holder = {"state": step_lib.init_train_state(parts.params, optimizer)}
     key = jax.random.key(0)
 
@@ -108,8 +110,8 @@ def main() -> None:
     emb, gen = batches(args.emb, args.gen, query_len=64, passage_len=64, gen_len=128)
     r = args.rank
     variants = [
-        (f"TMoLE 2/2/2 rank {r}", TMoLEConfig(rank=r, alpha=4.0 * r, dropout=0.1, task_embedding_dim=512)),
-        (f"plain LoRA rank {6 * r}", TMoLEConfig(enabled=False, rank=6 * r, alpha=24.0 * r, dropout=0.1)),
+        (f"TMoLE 2/2/2 rank {r}", TMoLEConfig.default(rank=r, alpha=4.0 * r, dropout=0.1, task_embedding_dim=512)),
+        (f"plain LoRA rank {6 * r}", TMoLEConfig.default(enabled=False, rank=6 * r, alpha=24.0 * r, dropout=0.1)),
     ]
     print(f"{jax.devices()[0].platform} x{jax.device_count()}, model hidden {SMALL.hidden_size}, "
           f"{SMALL.num_layers} layers, vocab {SMALL.vocab_size}; batch {args.emb} queries + {2 * args.emb} passages "

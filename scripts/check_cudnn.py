@@ -21,9 +21,9 @@ from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
 def main() -> None:
     cfg = MistralConfig(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=64)
-    xla = Mistral(cfg, tmole=TMoLEConfig(rank=8), param_dtype=jnp.bfloat16, dtype=jnp.bfloat16,
+    xla = Mistral(cfg, tmole=TMoLEConfig.default(rank=8), param_dtype=jnp.bfloat16, dtype=jnp.bfloat16,
                   attention_impl="xla", rngs=nnx.Rngs(0))
-    cudnn = nnx.merge(nnx.graphdef(Mistral(cfg, tmole=TMoLEConfig(rank=8), param_dtype=jnp.bfloat16,
+    cudnn = nnx.merge(nnx.graphdef(Mistral(cfg, tmole=TMoLEConfig.default(rank=8), param_dtype=jnp.bfloat16,
                                            dtype=jnp.bfloat16, attention_impl="cudnn", rngs=nnx.Rngs(0))),
                       nnx.state(xla))
     rng = np.random.default_rng(0)

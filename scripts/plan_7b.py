@@ -45,7 +45,8 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recfound_jax import config as config_lib, parallel  # noqa: E402
-from recfound_jax.model.mistral import REMAT_POLICIES, Mistral, MistralConfig  # noqa: E402
+from recfound_jax.config import REMAT_POLICIES  # noqa: E402
+from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
@@ -99,7 +100,7 @@ def recipe_batches(emb: int, gen: int, query_len: int, passage_len: int, gen_len
 def compile_step(plan: Plan, c, mesh) -> dict[str, float]:
     """Lower and compile the recipe's train step for one plan; sizes in bytes per device, times in s."""
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    model = abstract_model(plan.remat, _tmole(c))
+    model = abstract_model(plan.remat, TMoLEConfig.from_config(c.tmole))
     parts = step_lib.ModelParts.of(model)
     params, base = with_shardings(parts.params, mesh), with_shardings(parts.base, mesh)
     optimizer = step_lib.make_optimizer(learning_rate=c.train.learning_rate, total_steps=c.train.steps,
@@ -115,7 +116,7 @@ def compile_step(plan: Plan, c, mesh) -> dict[str, float]:
     emb, gen = recipe_batches(c.train.embedding_batch, c.train.generative_batch, query_len, plan.length,
                               plan.length, mesh)
     opts = step_lib.StepOptions(temperature=c.train.temperature, gradcache_chunk=plan.micro * data_ways,
-                                generative_micro_batch=plan.micro * data_ways)
+                                generative_micro_batch=plan.micro * data_ways, answer_budget=0)
     step_fn = parallel.under_mesh(step_lib.make_train_step(parts, optimizer, opts), mesh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     base_sh = jax.tree.map(lambda x: x.sharding, base)
@@ -154,13 +155,6 @@ def _like_params(opt_state: Any, params: Any, mesh) -> Any:
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=parallel.replicated(mesh))
 
     return jax.tree_util.tree_map_with_path(one, opt_state)
-
-
-def _tmole(c) -> TMoLEConfig:
-    t = c.tmole
-    return TMoLEConfig(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
-                       num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
-                       task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
 
 
 def main() -> None:

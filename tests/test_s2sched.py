@@ -9,8 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recfound_jax import config as config_lib
 from recfound_jax.train import s2sched
-from recfound_jax.train.s2sched import S2Sched, S2SchedConfig, counts_from_ratios, sample_ratios, window_slopes
+from recfound_jax.train.s2sched import S2Sched, S2SchedConfig, counts_from_ratios
+from tests import s2sched_history
+from tests.s2sched_history import sample_ratios, window_slopes
 
 # ----------------------------------------------------------------------------- the numpy reference
 
@@ -67,7 +70,7 @@ def _random_walk(rng: np.random.Generator, num_rows: int, n: int) -> np.ndarray:
 
 
 def _scheduler(n: int, **config) -> S2Sched:
-    sched = S2Sched(config, task_ids=list(range(3, 3 + n)), batch_size=64, total_steps=200)
+    sched = S2Sched(S2SchedConfig.default(**config), task_ids=list(range(3, 3 + n)), batch_size=64, total_steps=200)
     sched.set_normaliser(np.ones(n))
     return sched
 
@@ -204,7 +207,7 @@ def test_scheduler_divides_by_the_normaliser():
     rng = np.random.default_rng(3)
     normaliser = np.array([2.0, 0.5, 4.0])
     normalised = _random_walk(rng, 30, 3)
-    sched = S2Sched({"warmup_steps": 3, "window": 8}, [0, 1, 2], batch_size=32, total_steps=30)
+    sched = S2Sched(S2SchedConfig.default(warmup_steps=3, window=8), [0, 1, 2], batch_size=32, total_steps=30)
     sched.set_normaliser(normaliser)
     for step in range(30):
         sched.observe(step, normalised[step].astype(np.float64) * normaliser)
@@ -215,7 +218,7 @@ def test_scheduler_divides_by_the_normaliser():
 def test_warmup_ratios_are_uniform_and_rows_still_recorded():
     n = 3
     history = _random_walk(np.random.default_rng(4), 40, n)
-    sched = S2Sched({"warmup_ratio": 0.25, "window": 8}, [0, 1, 2], batch_size=30, total_steps=40)
+    sched = S2Sched(S2SchedConfig.default(warmup_ratio=0.25, window=8), [0, 1, 2], batch_size=30, total_steps=40)
     sched.set_normaliser(np.ones(n))
     assert sched.warmup_steps == 10
     for step in range(40):
@@ -228,10 +231,10 @@ def test_warmup_ratios_are_uniform_and_rows_still_recorded():
 
 
 def test_warmup_steps_overrides_the_ratio():
-    sched = S2Sched({"warmup_ratio": 0.1, "warmup_steps": 32}, [0, 1, 2], batch_size=8, total_steps=1000)
+    sched = S2Sched(S2SchedConfig.default(warmup_ratio=0.1, warmup_steps=32), [0, 1, 2], batch_size=8, total_steps=1000)
     assert sched.warmup_steps == 32
-    assert S2Sched(None, [0, 1, 2], batch_size=8, total_steps=1000).warmup_steps == 100
-    assert S2Sched({"warmup_ratio": 0.29}, [0, 1], batch_size=8, total_steps=100).warmup_steps == 29
+    assert S2Sched(S2SchedConfig.default(), [0, 1, 2], batch_size=8, total_steps=1000).warmup_steps == 100
+    assert S2Sched(S2SchedConfig.default(warmup_ratio=0.29), [0, 1], batch_size=8, total_steps=100).warmup_steps == 29
 
 
 def test_disabled_gives_uniform_ratios():
@@ -264,13 +267,13 @@ def test_size_prior_then_floor_by_hand():
     # A flat branch gives ω = (1/2, 1/2); the prior 19:1 makes it (0.95, 0.05); 0.05 < 1/(5·2) = 0.1,
     # so the floor maps w -> 0.8 w + 0.1: (0.86, 0.14).
     config = {"warmup_steps": 0, "size_prior": {"QR": 19.0, "Sequential_Recommendation": 1.0, "U2I": 5.0}}
-    sched = S2Sched(config, [3, 4], batch_size=100, total_steps=10)
+    sched = S2Sched(S2SchedConfig.default(**config), [3, 4], batch_size=100, total_steps=10)
     sched.set_normaliser([1.0, 1.0])
     sched.observe(0, [1.0, 1.0])
     sched.observe(1, [1.0, 1.0])
     np.testing.assert_allclose(sched.ratios(1), [0.95, 0.05])
     np.testing.assert_array_equal(sched.counts(1), [95, 5])
-    floored = S2Sched({**config, "floor": True}, [3, 4], batch_size=100, total_steps=10)
+    floored = S2Sched(S2SchedConfig.default(**config, floor=True), [3, 4], batch_size=100, total_steps=10)
     floored.set_normaliser([1.0, 1.0])
     floored.observe(0, [1.0, 1.0])
     np.testing.assert_allclose(floored.ratios(0), [0.86, 0.14])
@@ -279,13 +282,13 @@ def test_size_prior_then_floor_by_hand():
 
 def test_size_prior_must_cover_the_branch():
     with pytest.raises(ValueError, match="Product_Relation_Prediction"):
-        S2Sched({"size_prior": {"QR": 1.0}}, [3, 5], batch_size=8, total_steps=10)
+        S2Sched(S2SchedConfig.default(size_prior={"QR": 1.0}), [3, 5], batch_size=8, total_steps=10)
 
 
 def test_state_dict_round_trip_gives_identical_ratios():
     n = 5
     history = _random_walk(np.random.default_rng(7), 80, n) * 3.0
-    config = {"warmup_steps": 5, "window": 8, "floor": True}
+    config = S2SchedConfig.default(warmup_steps=5, window=8, floor=True)
     first = S2Sched(config, [3, 4, 5, 6, 7], batch_size=100, total_steps=20)  # the capacity grows on the way
     first.set_normaliser(history[0] * 1.5)
     for step in range(40):
@@ -303,11 +306,11 @@ def test_state_dict_round_trip_gives_identical_ratios():
 def test_load_state_dict_rejects_another_branch():
     state = _scheduler(3).state_dict()
     with pytest.raises(ValueError, match="tasks"):
-        S2Sched(None, [0, 1, 2], batch_size=8, total_steps=10).load_state_dict(state)
+        S2Sched(S2SchedConfig.default(), [0, 1, 2], batch_size=8, total_steps=10).load_state_dict(state)
 
 
 def test_observe_checks_its_inputs():
-    sched = S2Sched(None, [0, 1], batch_size=8, total_steps=10)
+    sched = S2Sched(S2SchedConfig.default(), [0, 1], batch_size=8, total_steps=10)
     with pytest.raises(RuntimeError):
         sched.observe(0, [1.0, 1.0])
     sched.set_normaliser([1.0, 2.0])
@@ -335,7 +338,7 @@ def test_scheduler_update_compiles_once_as_history_grows():
 
 def test_scheduler_capacity_doubling_recompiles_once_per_doubling():
     before = s2sched._scheduled_update._cache_size()
-    sched = S2Sched({"warmup_steps": 0, "window": 3}, list(range(3, 9)), batch_size=8, total_steps=10)
+    sched = S2Sched(S2SchedConfig.default(warmup_steps=0, window=3), list(range(3, 9)), batch_size=8, total_steps=10)
     sched.set_normaliser(np.ones(6))
     history = _random_walk(np.random.default_rng(9), 70, 6)
     for step in range(70):  # capacity 16 -> 32 -> 64 -> 128
@@ -345,10 +348,10 @@ def test_scheduler_capacity_doubling_recompiles_once_per_doubling():
 
 def test_sample_ratios_core_compiles_once_within_a_capacity():
     history = _random_walk(np.random.default_rng(10), 64, 6)
-    before = s2sched._ratios_core._cache_size()
+    before = s2sched_history.ratios_core._cache_size()
     for num_rows in range(33, 65):  # all padded to 64 rows
         sample_ratios(history[:num_rows], start=3, window=11, tau=10.0)
-    assert s2sched._ratios_core._cache_size() - before == 1
+    assert s2sched_history.ratios_core._cache_size() - before == 1
 
 
 def test_scheduler_update_runs_on_the_cpu_device():
@@ -368,18 +371,17 @@ def test_scheduler_update_runs_on_the_cpu_device():
 
 def test_config_rejects_bad_values_naming_the_key():
     with pytest.raises(ValueError, match="s2sched.window"):
-        S2SchedConfig(window=1)
+        S2SchedConfig.default(window=1)
     with pytest.raises(ValueError, match="s2sched.warmup_ratio"):
-        S2SchedConfig.from_config({"warmup_ratio": 1.5})
+        S2SchedConfig.default(warmup_ratio=1.5)
     with pytest.raises(ValueError, match="s2sched.temperature"):
-        S2SchedConfig.from_config({"temperature": 1.0})
+        S2SchedConfig.default(temperature=1.0)
 
 
 def test_config_from_config_dict():
-    import ml_collections  # noqa: PLC0415 (a dependency of the package)
-
-    config = ml_collections.ConfigDict({"window": 32, "tau": 1.0, "warmup_steps": 32, "size_prior": {"QR": 2.0}})
-    parsed = S2SchedConfig.from_config(config)
+    config = config_lib.base_config().s2sched
+    config.update(window=32, tau=1.0, warmup_steps=32)
+    parsed = S2SchedConfig.from_config(config, size_prior={"QR": 2.0})
     assert (parsed.window, parsed.tau, parsed.warmup_steps) == (32, 1.0, 32)
     assert dict(parsed.size_prior) == {"QR": 2.0}
     assert parsed.enabled and parsed.probe_size == 10 and parsed.update_every == 1 and not parsed.floor

@@ -12,13 +12,22 @@ from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.inference import encoding
 from recfound_jax.train import losses, step as step_lib
+from tests.train_fixtures import step_options
 
 CFG = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8)
 
 
+def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of next-token losses, number of labelled tokens) of logits [B, T, V] at every position; labels
+    aligned with inputs, -100 = no loss."""
+    sums, counts = losses.per_sample_cross_entropy(logits[:, :-1], labels)
+    return sums.sum(), counts.sum()
+
+
 def _model(dropout=0.0, seed=0):
-    model = Mistral(CFG, tmole=TMoLEConfig(rank=4, dropout=dropout, task_embedding_dim=16), rngs=nnx.Rngs(seed))
+    tmole = TMoLEConfig.default(rank=4, dropout=dropout, task_embedding_dim=16)
+    model = Mistral(CFG, tmole=tmole, rngs=nnx.Rngs(seed))
     key = jax.random.key(seed + 1)
     for bank in model.adapters.banks.values():
         key, sub = jax.random.split(key)
@@ -75,7 +84,7 @@ def test_token_cross_entropy_is_next_token_on_labels_only():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(1, 4, 5)).astype(np.float32)
     labels = np.array([[-100, 3, -100, 1]])
-    total, count = losses.token_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    total, count = token_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(total, -(logp[0, 0, 3] + logp[0, 2, 1]), rtol=1e-5)
     assert count == 2
@@ -86,9 +95,9 @@ def test_gradcache_equals_unchunked(chunk):
     parts = step_lib.ModelParts.of(_model())
     batch = _emb_batch()
     key = jax.random.key(0)
-    direct = step_lib.embedding_loss_and_grads(parts, parts.params, parts.base, batch, key, step_lib.StepOptions())
+    direct = step_lib.embedding_loss_and_grads(parts, parts.params, parts.base, batch, key, step_options())
     cached = step_lib.embedding_loss_and_grads(parts, parts.params, parts.base, batch, key,
-                                               step_lib.StepOptions(gradcache_chunk=chunk))
+                                               step_options(gradcache_chunk=chunk))
     np.testing.assert_allclose(cached[0], direct[0], rtol=1e-5)
     chex.assert_trees_all_close(cached[1], direct[1], atol=1e-4, rtol=1e-4)
 
@@ -97,9 +106,9 @@ def test_generative_micro_batches_equal_whole_batch():
     parts = step_lib.ModelParts.of(_model())
     batch = _gen_batch()
     key = jax.random.key(0)
-    whole = step_lib.generative_loss_and_grads(parts, parts.params, parts.base, batch, key, step_lib.StepOptions())
+    whole = step_lib.generative_loss_and_grads(parts, parts.params, parts.base, batch, key, step_options())
     micro = step_lib.generative_loss_and_grads(parts, parts.params, parts.base, batch, key,
-                                               step_lib.StepOptions(generative_micro_batch=1))
+                                               step_options(generative_micro_batch=1))
     np.testing.assert_allclose(micro[0], whole[0], rtol=1e-5)
     chex.assert_trees_all_close(micro[1], whole[1], atol=1e-6, rtol=1e-4)
 
@@ -113,7 +122,7 @@ def test_step_trains_adapters_and_never_the_base():
     state = step_lib.init_train_state(parts.params, optimizer)
     base_before = jax.tree.map(np.array, parts.base)
     params_before = jax.tree.map(np.array, parts.params)
-    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_lib.StepOptions(gradcache_chunk=2)),
+    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_options(gradcache_chunk=2)),
                          donate_argnums=0)
     losses_seen = []
     for _ in range(5):
@@ -134,7 +143,7 @@ def test_non_finite_step_is_skipped():
     state = step_lib.init_train_state(parts.params, optimizer)
     before = jax.tree.map(np.array, state)
     poisoned = jax.tree.map(lambda x: x * jnp.nan, parts.base)
-    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_lib.StepOptions()))
+    train_step = jax.jit(step_lib.make_train_step(parts, optimizer, step_options()))
     new_state, metrics = train_step(state, poisoned, _emb_batch(), _gen_batch(), jax.random.key(0))
     assert int(metrics["finite"]) == 0
     chex.assert_trees_all_equal(jax.tree.map(np.array, new_state["params"]), before["params"])
@@ -156,7 +165,7 @@ def test_probe_losses_per_task():
     # Task 1's generative probe loss is the token mean of its two samples.
     model = parts.merge()
     logits = model(gen["input_ids"][2:], gen["attention_mask"][2:], task_ids=gen["task_ids"][2:])
-    total, count = losses.token_cross_entropy(logits, gen["labels"][2:])
+    total, count = token_cross_entropy(logits, gen["labels"][2:])
     np.testing.assert_allclose(gen_losses[1], total / count, rtol=1e-5)
 
 

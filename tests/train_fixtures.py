@@ -9,8 +9,11 @@ from flax import nnx
 
 from recfound_jax import config as config_lib
 from recfound_jax.convert.hf import save_hf
+from recfound_jax.merge.checkpoints import write_run
 from recfound_jax.model.mistral import Mistral, MistralConfig
+from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import default_tokenizer_path
+from recfound_jax.train import step as step_lib
 
 TINY_BASE = MistralConfig(vocab_size=32768, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                           num_kv_heads=2, head_dim=8, rope_theta=1e4, max_position_embeddings=256)
@@ -21,6 +24,15 @@ def write_tiny_base(path: Path, seed: int = 0) -> Path:
     save_hf(Mistral(TINY_BASE, param_dtype=jnp.float32, rngs=nnx.Rngs(seed)), path)
     shutil.copy(default_tokenizer_path(), path / "tokenizer.model")
     return path
+
+
+def write_model_run(out: Path, c, base: Path, model: Mistral, step: int) -> Path:
+    """A run directory of config ``c`` on ``base`` whose checkpoint ``step`` (and initial params) hold
+    ``model``'s trainable params, with no training."""
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    info = {"base": str(base), "base_fingerprint": rundir.base_fingerprint(base),
+            "tokenizer": str(base / "tokenizer.model"), "data": None}
+    return write_run(out, config_lib.to_dict(c), info, params, step, {"step": step}, initial=params)
 
 
 def tiny_config(base: Path, **train):
@@ -46,3 +58,10 @@ def tiny_config(base: Path, **train):
         c[section][name] = value
     c.lock()
     return c
+
+
+def step_options(answer_budget: int = 0, **train) -> step_lib.StepOptions:
+    """The step options of the schema's defaults with these ``train`` keys changed (``gradcache_chunk=2``)."""
+    c = config_lib.base_config()
+    c.train.update(train)
+    return step_lib.StepOptions.from_config(c, answer_budget=answer_budget)

@@ -11,7 +11,7 @@ Embedding batch (B = the sum of the counts, fixed per run; right padding with th
   ``query_pool_mask [B, Lq]`` float32 (1 = real token after the BOS and instruction prefix);
 - ``passage_ids [2B, Lp]``, ``passage_mask``, ``passage_pool_mask``: row ``2i`` is a positive of
   query ``i`` drawn uniformly from its positives, row ``2i+1`` one of its hard negatives drawn
-  uniformly. A row without hard negatives reuses what it has (METHOD.md §2): row ``2i+1`` is then
+  uniformly. A row without hard negatives reuses what it has (docs/method.md, "Data"): row ``2i+1`` is then
   another of its positives, a different one when it has two or more, else the same one again;
   ``negative_mask [B]`` float32 is 1 where row ``2i+1`` is a real hard negative, so a loss may drop
   the reused ones (a duplicate positive only adds log 2 to that row's InfoNCE and pushes nothing away);
@@ -38,6 +38,7 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from recfound_jax.data import formatting
 from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task, get_task
@@ -51,34 +52,42 @@ Counts = Mapping[int | str, int] | Sequence[int] | np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class BatchConfig:
-    """Global batch sizes, max lengths, optional length buckets, seed and this process's share."""
+    """Global batch sizes, max lengths, seed, optional length buckets and this process's share.
+
+    Sizes, lengths and seed come from a checked run config (`from_config`); `validate` checks only what
+    the run config does not decide: the buckets and the process share.
+    """
 
     embedding_batch_size: int
     generative_batch_size: int
     query_len: int
     passage_len: int
     generative_len: int
+    seed: int
     query_buckets: tuple[int, ...] = ()
     passage_buckets: tuple[int, ...] = ()
     generative_buckets: tuple[int, ...] = ()
-    seed: int = 0
     process_index: int = 0
     process_count: int = 1
 
+    @classmethod
+    def from_config(cls, c: ConfigDict, *, embedding_batch_size: int, generative_batch_size: int, seed: int,
+                    process_index: int = 0, process_count: int = 1) -> BatchConfig:
+        """The batch settings of a checked run config (its ``data`` lengths) for batches of these sizes."""
+        return cls(embedding_batch_size=embedding_batch_size, generative_batch_size=generative_batch_size,
+                   query_len=c.data.query_len, passage_len=c.data.passage_len, generative_len=c.data.generative_len,
+                   seed=seed, process_index=process_index, process_count=process_count)
+
     def validate(self) -> None:
         """Raise ValueError naming the first field that does not make sense."""
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} not in [0, process_count={self.process_count})")
         for name in ("embedding_batch_size", "generative_batch_size"):
             size = getattr(self, name)
-            if size < 0 or size % self.process_count:
-                raise ValueError(f"{name}={size} must be >= 0 and a multiple of process_count={self.process_count}")
+            if size % self.process_count:
+                raise ValueError(f"{name}={size} must be a multiple of process_count={self.process_count}")
         for kind in ("query", "passage", "generative"):
             max_len, buckets = getattr(self, f"{kind}_len"), getattr(self, f"{kind}_buckets")
-            if max_len < 1:
-                raise ValueError(f"{kind}_len must be >= 1, got {max_len}")
             if list(buckets) != sorted(set(buckets)) or any(not 0 < b <= max_len for b in buckets):
                 raise ValueError(f"{kind}_buckets={buckets} must be increasing and within (0, {kind}_len={max_len}]")
 
@@ -146,6 +155,22 @@ def counts_array(counts: Counts, tasks: Sequence[Task]) -> np.ndarray:
     if (out < 0).any():
         raise ValueError(f"counts must be >= 0, got {out.tolist()}")
     return out
+
+
+def largest_remainder(shares: np.ndarray, total: int, minimum: int = 0) -> np.ndarray:
+    """Integer counts [n] (int64) summing to ``total`` from exact real shares [n] that sum to it.
+
+    Each count starts at the floor of its share (at least ``minimum``); the rows still missing go one each
+    to the largest remainders (share - count), and when the minimum pushed the sum over, the counts above
+    it with the largest excess give one back. Ties go to the lower index.
+    """
+    shares = np.asarray(shares, np.float64)
+    counts = np.maximum(np.floor(shares).astype(np.int64), minimum)
+    while counts.sum() < total:
+        counts[np.argmax(shares - counts)] += 1
+    while counts.sum() > total:
+        counts[np.argmax(np.where(counts > minimum, counts - shares, -np.inf))] -= 1
+    return counts
 
 
 def _bucket(longest: int, buckets: Sequence[int], max_len: int) -> int:

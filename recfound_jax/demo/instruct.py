@@ -1,8 +1,8 @@
 """The demo base's instruction stage: every weight trained on the answer tokens of generative task rows.
 
 A base such as Mistral-7B comes to RecFound already able to compare two texts. The demo's tiny base,
-pretrained on 263k tokens, cannot, and its rank-16 attention adapters do not learn such a comparison
-from the few rows a finetuning step gives a task (README, "The demo's results"). This stage gives the
+pretrained on a small synthetic corpus, cannot, and its rank-16 attention adapters do not learn such a
+comparison from the few rows a finetuning step gives a task (docs/results.md). This stage gives the
 base that ability the way instruction tuning gives it to an LLM: full-weight training on the
 cross-entropy of the answer tokens (EOS included) of rows in the finetuning's own GritLM format, drawn
 from the train side of the synthetic world (`synthetic.extra_train_rows`), never from a valid or test user,
@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from recfound_jax.data.batching import largest_remainder
 from recfound_jax.data.formatting import IGNORE_INDEX, Formatter
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.tokenizer import Tokenizer
@@ -122,7 +123,7 @@ def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None 
 def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array) -> jax.Array:
     """Logits [N, vocab] (float32) at the flat answer positions ``index`` of the [B * T] grid: the LM head runs there only."""
     hidden = model.hidden_states(ids, mask)
-    return model.logits(hidden.reshape(-1, hidden.shape[-1])[index])
+    return model.logits_at(hidden.reshape(1, -1, hidden.shape[-1]), index[None])[0]
 
 
 def answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array, targets: jax.Array,
@@ -172,13 +173,8 @@ def batch_shares(sizes: dict[str, int], batch_size: int) -> dict[str, int]:
     if batch_size < len(sizes):
         raise ValueError(f"a batch of {batch_size} rows cannot hold one row of each of {len(sizes)} tasks")
     total = sum(sizes.values())
-    exact = {task: batch_size * n / total for task, n in sizes.items()}
-    shares = {task: max(1, int(x)) for task, x in exact.items()}
-    while sum(shares.values()) < batch_size:
-        shares[max(exact, key=lambda task: exact[task] - shares[task])] += 1
-    while sum(shares.values()) > batch_size:  # only when the one-row minimum pushed the sum over
-        shares[max((task for task in shares if shares[task] > 1), key=lambda task: shares[task] - exact[task])] -= 1
-    return shares
+    exact = [batch_size * n / total for n in sizes.values()]
+    return dict(zip(sizes, largest_remainder(exact, batch_size, minimum=1).tolist()))
 
 
 def _endless_order(n: int, rng: np.random.Generator) -> Iterator[int]:

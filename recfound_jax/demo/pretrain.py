@@ -9,7 +9,7 @@ fresh train-side rows of those tasks, in the finetuning's format. The result is 
 (`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
 renamed into place, so a directory holding the completion marker is always whole.
 
-``python -m recfound_jax.demo.pretrain --config configs/demo_base.py [--config.key=value ...]``
+``python -m recfound_jax.demo.pretrain --config demo_base [--config.key=value ...]`` (a recipe's name or path)
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from recfound_jax import config as config_lib
+from recfound_jax import cli, config as config_lib, jsonio, recipes
 from recfound_jax.runs.atomic_dir import build_dir_atomically
 from recfound_jax.demo import instruct
 from recfound_jax.data import formatting
@@ -42,7 +43,6 @@ from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 PRETRAIN_VERSION = "2"  # part of the cache key: bump when the recipe's code changes what it builds
 MARKER = "COMPLETE"
 LOG_FILE = "pretrain_log.json"
-DECAYS = ("cosine", "linear")
 
 StepFn = Callable[..., tuple[nnx.State, optax.OptState, jax.Array]]
 
@@ -56,62 +56,6 @@ def model_config(config: ConfigDict) -> MistralConfig:
         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
         rms_norm_eps=m.rms_norm_eps, rope_theta=float(m.rope_theta),
         max_position_embeddings=m.max_position_embeddings)
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"config.{key}: {message}")
-
-
-def validate_config(config: ConfigDict) -> None:
-    """Check every key the pretraining reads; the error names the offending key."""
-    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                "max_position_embeddings"):
-        _require(int(config.model[key]) > 0, f"model.{key}", f"must be positive, got {config.model[key]}")
-    vocab = Tokenizer().vocab_size
-    _require(config.model.vocab_size == vocab, "model.vocab_size",
-             f"must equal the Mistral v3 tokenizer's vocabulary ({vocab}), got {config.model.vocab_size}")
-    _require(config.model.num_heads % config.model.num_kv_heads == 0, "model.num_kv_heads",
-             f"must divide model.num_heads={config.model.num_heads}")
-    _require(config.model.head_dim % 2 == 0, "model.head_dim", "must be even (rotate-half RoPE)")
-    _require(config.model.rope_theta > 0, "model.rope_theta", "must be positive")
-    _require(config.data.scale >= 1, "data.scale", f"must be >= 1, got {config.data.scale}")
-    for key in ("generative_rows_per_task", "eval_rows_per_task"):
-        _require(config.data[key] >= -1, f"data.{key}", "must be -1 (all), 0 (none) or a positive count")
-    t = config.train
-    for key in ("seq_len", "batch_size", "steps", "log_every"):
-        _require(int(t[key]) > 0, f"train.{key}", f"must be positive, got {t[key]}")
-    _require(t.seq_len <= config.model.max_position_embeddings, "train.seq_len",
-             f"{t.seq_len} exceeds model.max_position_embeddings={config.model.max_position_embeddings}")
-    _validate_optimizer(t, "train")
-    if config.get("instruct") is not None:
-        _validate_instruct(config.instruct)
-
-
-def _validate_optimizer(t: ConfigDict, section: str) -> None:
-    _require(t.learning_rate > 0, f"{section}.learning_rate", "must be positive")
-    _require(0 <= t.warmup_steps < t.steps, f"{section}.warmup_steps", f"must be in [0, {section}.steps={t.steps})")
-    _require(t.decay in DECAYS, f"{section}.decay", f"must be one of {DECAYS}, got {t.decay!r}")
-    _require(0.0 <= t.end_lr_fraction <= 1.0, f"{section}.end_lr_fraction", "must be in [0, 1]")
-    _require(t.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0")
-    _require(t.grad_clip > 0, f"{section}.grad_clip", "must be positive")
-
-
-def _validate_instruct(t: ConfigDict) -> None:
-    """The instruction stage: an empty instruct.rows turns it off; otherwise every key is checked."""
-    if not t.rows:
-        return
-    generative = [task.short for task in GENERATIVE_TASKS]
-    for short, count in t.rows.items():
-        _require(short in generative, f"instruct.rows.{short}", f"is not a generative task's short name {generative}")
-        _require(int(count) > 0, f"instruct.rows.{short}", f"must be a positive row count, got {count}")
-    for key in ("steps", "batch_size", "log_every"):
-        _require(int(t[key]) > 0, f"instruct.{key}", f"must be positive, got {t[key]}")
-    _require(sum(t.rows.values()) >= t.batch_size, "instruct.rows",
-             f"{sum(t.rows.values())} rows do not fill one batch of instruct.batch_size={t.batch_size}")
-    _require(t.batch_size >= len(t.rows), "instruct.batch_size",
-             f"{t.batch_size} cannot hold one row of each of the {len(t.rows)} tasks of instruct.rows")
-    _validate_optimizer(t, "instruct")
 
 
 def config_hash(config: ConfigDict) -> str:
@@ -324,12 +268,15 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
                            for row in valid_rows + synthetic.read_rows(data_dir, "test", name)}
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
         dropped[short] = count - len(pairs)
-        _require(bool(pairs), f"instruct.rows.{short}", f"all {count} rows drawn have a valid or test row's input")
+        if not pairs:
+            raise config_lib.ConfigError(f"config.instruct.rows.{short}: all {count} rows drawn have a valid or "
+                                         "test row's input")
         encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
         rows[short], valid[short] = encoded.take(np.arange(len(pairs))), encoded.take(len(pairs) + np.arange(len(valid_pairs)))
     length, limit = max(r.ids.shape[1] for r in rows.values()), config.model.max_position_embeddings
-    _require(length <= limit, "instruct.rows", f"their rows need {length} tokens, more than "
-             f"model.max_position_embeddings={limit}")
+    if length > limit:
+        raise config_lib.ConfigError(f"config.instruct.rows: their rows need {length} tokens, more than "
+                                     f"model.max_position_embeddings={limit}")
     rows = {short: r.padded(length) for short, r in rows.items()}  # one grid for every batch: one compile
     shares = instruct.batch_shares({short: len(r) for short, r in rows.items()}, t.batch_size)
     begin = time.perf_counter()
@@ -372,7 +319,7 @@ def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool
         "train_seconds": round(train_seconds, 2), "total_seconds": round(time.perf_counter() - begin, 2),
         "log": log, "instruct": instruct_summary,
     }
-    (target / LOG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    jsonio.write_json(target / LOG_FILE, summary)
     (target / MARKER).write_text(config_hash(config) + "\n", encoding="utf-8")
 
 
@@ -385,7 +332,7 @@ def pretrain(config: ConfigDict, out_dir: str | os.PathLike, *, data_dir: str | 
     empty). ``data_dir`` is a generated synthetic dataset; by default the one in the cache
     (`recfound_jax.config.synthetic_dir`), generated if missing.
     """
-    validate_config(config)
+    config_lib.validate_demo_base(config)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: not overwriting it")
@@ -415,17 +362,16 @@ def ensure_base(config: ConfigDict, cache_dir: str | os.PathLike | None = None, 
     return pretrain(config, out, data_dir=data, progress=progress)
 
 
-def main(argv: Sequence[str]) -> None:
-    """absl entry point: pretrain ``--config`` into config.output_dir, or into the cache when it is empty."""
-    from absl import flags
+FLAGS = flags.FlagValues()
+_CONFIG = recipes.define_flag("config", "the demo base's recipe: a shipped name (demo_base) or a file path", FLAGS)
 
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = flags.FLAGS.config
-    if config is None:
-        raise ValueError("--config is required, e.g. --config configs/demo_base.py")
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Pretrain ``--config`` into config.output_dir, or into the cache when it is empty; print the losses."""
+    cli.parse(FLAGS, argv, __doc__)
+    config = _CONFIG.value
     out = (pretrain(config, config.output_dir) if config.output_dir else ensure_base(config))
-    summary = json.loads((out / LOG_FILE).read_text(encoding="utf-8"))
+    summary = jsonio.read_json(out / LOG_FILE)
     print(f"base model: {out}")
     print(f"training loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f} "
           f"in {summary['train_seconds']:.0f} s of training ({summary['total_seconds']:.0f} s in all)")
@@ -438,11 +384,8 @@ def main(argv: Sequence[str]) -> None:
                   f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
                   f"{after[task]['first_token_accuracy']:.3f}, answer accuracy "
                   f"{before[task]['answer_accuracy']:.3f} -> {after[task]['answer_accuracy']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    from absl import app
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "a config file with get_config(), e.g. configs/demo_base.py")
-    app.run(main)
+    cli.run(main)

@@ -9,8 +9,8 @@ rotate-half layout, so HF q/k weights need no permutation.
 One call gives causal attention (generation) or bidirectional attention (embedding); a KV-cache path
 (`init_cache`, `prefill`, `decode_step`) gives the same logits as the full forward. The prefill scans the
 layers like training does; a decode step (one token a row, so all weight reads) runs them unrolled over
-per-layer weight slices made once per decoding loop and per-layer caches updated in place: 3x faster on
-an H100 at the 7B shape than the scan, which copied each layer's weights and cache slice every step.
+per-layer weight slices made once per decoding loop and per-layer caches updated in place, where a scan
+would copy each layer's weights and cache slice every step (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -23,11 +23,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from recfound_jax import parallel
+from recfound_jax.config import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 from recfound_jax.model import attention
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, expert_deltas
-
-REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 class BaseParam(nnx.Variable):
@@ -260,6 +258,14 @@ class Mistral(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM-head logits (float32 accumulation) of hidden states [..., D]."""
         return head_logits(hidden, self.lm_head[...].astype(hidden.dtype))
+
+    def logits_at(self, hidden: jax.Array, positions: jax.Array) -> jax.Array:
+        """LM-head logits [B, K, vocab] (float32) of hidden states [B, T, D] at positions [B, K] only.
+
+        Losses on answer tokens need the full-vocabulary head at those positions alone. The gather runs
+        along each row, so a batch-sharded ``hidden`` stays sharded.
+        """
+        return self.logits(jnp.take_along_axis(hidden, positions[..., None], axis=1))
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         """An empty KV cache of ``length`` slots: one {"k", "v"} [B, KV heads, S, head_dim] per layer.

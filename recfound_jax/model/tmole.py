@@ -12,7 +12,7 @@ The gate depends only on the task, so for a fixed task the bank folds into one d
 Each projection draws its own dropout mask, as PEFT's LoRA modules do; ``dropout_shared_qkv`` draws one
 for q, k and v, which read the same input. Banks under one mask run their A contractions as one
 (`expert_deltas`): q, k and v always do when no dropout is drawn (evaluation, inference, rate 0).
-Expert order in a bank: embedding experts, then shared, then generative (METHOD.md §4).
+Expert order in a bank: embedding experts, then shared, then generative (docs/method.md, "TMoLE").
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.extend.random import threefry2x32_p
+from ml_collections import ConfigDict
 
+from recfound_jax import config as config_lib
 from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
 
 TARGETS = ("q", "k", "v", "o")
-DROPOUT_RNGS = ("threefry", "threefry16", "rbg")
 
 # Kind of each row of the task-embedding table: 0 embedding, 1 generative, 2 "none" (all experts allowed).
 _TASK_KIND = np.array([0 if t.is_embedding else 1 for t in TASKS] + [2], dtype=np.int32)
@@ -38,34 +39,43 @@ _EXPERT_EMBEDDING, _EXPERT_SHARED, _EXPERT_GENERATIVE = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class TMoLEConfig:
-    """Expert counts, rank and router shape. The released layout is 3/0/3 with a linear router."""
+    """Expert counts, rank and router shape: the ``tmole`` block of a run config (its keys, defaults and
+    checks are in recfound_jax.config). The released layout is 3/0/3 with a linear router.
 
-    enabled: bool = True
-    num_embedding: int = 2
-    num_shared: int = 2
-    num_generative: int = 2
-    rank: int = 16
-    alpha: float = 64.0
-    dropout: float = 0.1
-    dropout_rng: str = "threefry"  # how dropout masks are drawn: see `dropout_keep_mask`
-    dropout_shared_qkv: bool = False  # one mask for the q, k and v adapters (they read the same input)
-    task_embedding_dim: int = 512
-    router_hidden: tuple[int, ...] = ()
+    ``dropout_rng``: how dropout masks are drawn (`dropout_keep_mask`). ``dropout_shared_qkv``: one mask for
+    the q, k and v adapters (they read the same input). ``targets``: the adapted projections, not a run key.
+    """
+
+    enabled: bool
+    num_embedding: int
+    num_shared: int
+    num_generative: int
+    rank: int
+    alpha: float
+    dropout: float
+    dropout_rng: str
+    dropout_shared_qkv: bool
+    task_embedding_dim: int
+    router_hidden: tuple[int, ...]
     targets: tuple[str, ...] = TARGETS
 
     def __post_init__(self):
-        counts = (self.num_embedding, self.num_shared, self.num_generative)
-        if min(counts) < 0 or self.rank <= 0:
-            raise ValueError(f"tmole: expert counts {counts} must be >= 0 and rank {self.rank} > 0")
-        if self.enabled and (self.num_embedding + self.num_shared == 0 or self.num_generative + self.num_shared == 0):
-            raise ValueError(
-                f"tmole: expert counts embedding={self.num_embedding} shared={self.num_shared} "
-                f"generative={self.num_generative} leave one task kind with no expert")
-        if self.dropout_rng not in DROPOUT_RNGS:
-            raise ValueError(f"tmole.dropout_rng: {self.dropout_rng!r} is not one of {DROPOUT_RNGS}")
         unknown = set(self.targets) - set(TARGETS)
         if unknown:
             raise ValueError(f"tmole.targets: unknown projections {sorted(unknown)}; valid: {TARGETS}")
+
+    @classmethod
+    def from_config(cls, t: ConfigDict) -> TMoLEConfig:
+        """The TMoLEConfig of a run config's checked ``tmole`` block."""
+        return cls(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
+                   num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
+                   dropout_rng=t.dropout_rng, dropout_shared_qkv=t.dropout_shared_qkv,
+                   task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
+
+    @classmethod
+    def default(cls, **overrides) -> TMoLEConfig:
+        """The schema's ``tmole`` defaults with ``overrides`` (run-config keys), checked as a run config's."""
+        return cls.from_config(config_lib.section_defaults("tmole", **overrides))
 
     @property
     def num_experts(self) -> int:
@@ -197,16 +207,9 @@ def dropout_keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...], 
     ``rng="threefry16"``: the same Threefry hash, but each hash's 64 output bits make four 16-bit draws
     (``jax.random.bernoulli`` spends one hash on each element): a quarter of the hashing, and the keep
     probability rounded to a multiple of 2**-16 (`kept_fraction`).
-    ``rng="rbg"``: the key becomes an RBG key and XLA's RngBitGenerator draws the bits (the
-    way T5X draws dropout on TPUs; on an H100 it measured no faster, README "Measured"). Its bits
-    are fixed by the key, shape and compiled program, so a rematerialised mask is the forward's, but they
-    differ from Threefry's and may change with the partitioning.
     """
     if rng == "threefry16":
         return _threefry16_draws(key, shape) < _threshold16(keep_prob)
-    if rng == "rbg":
-        data = jax.random.key_data(key).reshape(-1)[:2]
-        key = jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]), impl="rbg")
     return jax.random.bernoulli(key, keep_prob, shape)
 
 

@@ -16,13 +16,19 @@ def info_nce(queries: jax.Array, passages: jax.Array, temperature: float,
     ``passage_valid`` [P] drops passages from every row's softmax (a reused positive standing in for a
     missing hard negative would otherwise only add log 2).
     """
+    return jnp.mean(info_nce_per_query(queries, passages, temperature, passage_valid))
+
+
+def info_nce_per_query(queries: jax.Array, passages: jax.Array, temperature: float,
+                       allowed: jax.Array | None = None) -> jax.Array:
+    """InfoNCE of each query [B] (as `info_nce`); ``allowed`` [P] or [B, P] keeps passages in a row's softmax."""
     group = passages.shape[0] // queries.shape[0]
     scores = (queries @ passages.T) / temperature
-    if passage_valid is not None:
-        scores = jnp.where(passage_valid[None, :] > 0, scores, -jnp.inf)
+    if allowed is not None:
+        scores = jnp.where(allowed > 0, scores, -jnp.inf)
     positives = jnp.arange(queries.shape[0]) * group
     log_probs = jax.nn.log_softmax(scores, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(log_probs, positives[:, None], axis=-1))
+    return -jnp.take_along_axis(log_probs, positives[:, None], axis=-1)[:, 0]
 
 
 def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -31,13 +37,6 @@ def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.
     LM head, not the logits after it, keeps a full-size float32 slice and its padded gradient away.)"""
     targets = labels[:, 1:]
     return target_cross_entropy(logits, targets, targets != IGNORE)
-
-
-def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of next-token losses, number of labelled tokens) of logits [B, T, V] at every position; labels
-    aligned with inputs, IGNORE = no loss."""
-    sums, counts = per_sample_cross_entropy(logits[:, :-1], labels)
-    return sums.sum(), counts.sum()
 
 
 def target_cross_entropy(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,4 @@
-"""S2Sched: the step-wise convergence-oriented sample scheduler (paper §4.3, reference/METHOD.md §6).
+"""S2Sched: the step-wise convergence-oriented sample scheduler (paper §4.3, docs/method.md "S2Sched").
 
 One scheduler per branch (embedding tasks, generative tasks). At every update step the probe losses of
 the branch's tasks, divided by their losses before training, form one row of `history` [T, n]. From it:
@@ -28,7 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 
+from recfound_jax import config as config_lib
+from recfound_jax.data.batching import largest_remainder
 from recfound_jax.tasks import get_task
 
 _MIN_CAPACITY = 16
@@ -43,7 +46,7 @@ def _cpu() -> jax.Device:
 def _on_cpu() -> Any:
     """A context in which host (numpy) inputs land on the CPU device, and jitted calls run there.
 
-    Cheaper per call than committing each input with jax.device_put (about 0.1 ms less here).
+    Cheaper per call than committing each input with jax.device_put (docs/benchmarks.md).
     """
     return jax.default_device(_cpu())
 
@@ -102,38 +105,6 @@ def _ratios_from_parts(
     return jax.nn.softmax(-beta * inter + (1.0 - beta) * intra)
 
 
-@functools.partial(jax.jit, static_argnames=("window",))
-def _all_slopes(history: jax.Array, *, window: int) -> jax.Array:
-    """α(s) for every row s of a padded history [C, n] (rows past the real count are meaningless)."""
-    capacity = history.shape[0]
-    rows_index = jnp.arange(capacity)
-    window_index = rows_index[:, None] + jnp.arange(window)[None, :] - (window - 1)
-    windows = history[jnp.clip(window_index, 0, capacity - 1)]
-    return jax.vmap(_window_slope)(windows, rows_index + 1)
-
-
-@functools.partial(jax.jit, static_argnames=("window",))
-def _ratios_core(
-    history: jax.Array, num_rows: jax.Array, start: jax.Array, tau: jax.Array, *, window: int
-) -> jax.Array:
-    """ω for row num_rows - 1 of a padded history [C, n], slopes kept from row `start` (< num_rows)."""
-    slopes = _all_slopes(history, window=window)
-    rows_index = jnp.arange(history.shape[0])
-    slope_mask = (rows_index >= start) & (rows_index < num_rows)
-    recent_mask = slope_mask & (rows_index >= num_rows - window)
-    last = num_rows - 1
-    return _ratios_from_parts(
-        alpha=slopes[last],
-        recent_abs_sum=jnp.sum(jnp.where(recent_mask[:, None], jnp.abs(slopes), 0.0), axis=0),
-        recent_count=jnp.sum(recent_mask),
-        peaks=jnp.max(slopes, axis=1),
-        spreads=jnp.max(jnp.abs(slopes), axis=1),
-        slope_mask=slope_mask,
-        last_index=last,
-        tau=tau,
-    )
-
-
 @jax.jit
 def _scheduled_update(
     rows: jax.Array,
@@ -180,55 +151,6 @@ def _capacity_for(count: int) -> int:
     return max(_MIN_CAPACITY, 1 << max(count - 1, 0).bit_length())
 
 
-def _as_history(history: Any) -> np.ndarray:
-    """A history as float32 numpy [T, n], checked."""
-    array = np.asarray(history, dtype=np.float32)
-    if array.ndim != 2 or array.shape[1] < 1:
-        raise ValueError(f"history must be [T, n] with n >= 1, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("history holds non-finite values")
-    return array
-
-
-def _padded(history: np.ndarray) -> np.ndarray:
-    """The history zero-padded to a power-of-two number of rows, so growing T rarely recompiles."""
-    padded = np.zeros((_capacity_for(history.shape[0]), history.shape[1]), np.float32)
-    padded[: history.shape[0]] = history
-    return padded
-
-
-def window_slopes(history: Any, *, window: int) -> np.ndarray:
-    """α(s) for every row s of history [T, n]: the least-squares slope over the last `window` rows.
-
-    Returns float32 [T, n]; a row with fewer than 2 rows of history (row 0) has slope 0.
-    """
-    array = _as_history(history)
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    with _on_cpu():
-        slopes = _all_slopes(_padded(array), window=window)
-    return np.asarray(slopes)[: array.shape[0]]
-
-
-def sample_ratios(history: Any, *, start: int, window: int, tau: float) -> np.ndarray:
-    """S2Sched ratios ω [n] for the last row of history [T, n] (equations 3-6).
-
-    Slopes are kept from row `start` (the first scheduled row) on; while start > T - 1 (warmup)
-    the ratios are uniform. Returns float64 [n] summing to 1.
-    """
-    array = _as_history(history)
-    num_rows, n = array.shape
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if start > num_rows - 1:
-        return np.full(n, 1.0 / n)
-    with _on_cpu():
-        omega = _ratios_core(_padded(array), np.int32(num_rows), np.int32(start), np.float32(tau), window=window)
-    return _normalised(np.asarray(omega, dtype=np.float64))
-
-
 def _normalised(weights: np.ndarray) -> np.ndarray:
     """Weights divided by their sum."""
     return weights / weights.sum()
@@ -246,12 +168,7 @@ def counts_from_ratios(ratios: Any, batch_size: int) -> np.ndarray:
         raise ValueError(f"ratios must be finite, non-negative and not all zero, got {weights}")
     if int(batch_size) != batch_size or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative integer, got {batch_size}")
-    exact = int(batch_size) * _normalised(weights)
-    counts = np.floor(exact).astype(np.int64)
-    remainder = int(batch_size) - int(counts.sum())
-    by_fraction = np.argsort(-(exact - counts), kind="stable")
-    counts[by_fraction[:remainder]] += 1
-    return counts
+    return largest_remainder(int(batch_size) * _normalised(weights), int(batch_size))
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -259,75 +176,41 @@ def counts_from_ratios(ratios: Any, batch_size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class S2SchedConfig:
-    """S2Sched settings (the `s2sched` block of a run config).
+    """S2Sched settings: the ``s2sched`` block of a run config (its keys, defaults and checks are in
+    recfound_jax.config), plus the released code's size prior, which is not a run key.
 
     enabled: False gives uniform ratios (the ablation). window: L. tau: τ. warmup_ratio: ζ, the share
-    of the steps with uniform ratios; warmup_steps, when set, a fixed step count instead (released: 32).
+    of the steps with uniform ratios; warmup_steps, when >= 0, a fixed step count instead (released: 32).
     probe_size: probe samples per task (read by the trainer). update_every: steps between probes.
-    size_prior: task (name, short name or id) -> weight, multiplied in and renormalised (released).
     floor: when any weight is below 1/(5n), every w <- 0.8 w + 1/(5n) (released).
+    size_prior: task (name, short name or id) -> weight, multiplied in and renormalised (released).
     """
 
-    enabled: bool = True
-    window: int = 64
-    tau: float = 10.0
-    warmup_ratio: float = 0.1
-    warmup_steps: int | None = None
-    probe_size: int = 10
-    update_every: int = 1
+    enabled: bool
+    window: int
+    tau: float
+    warmup_ratio: float
+    warmup_steps: int
+    probe_size: int
+    update_every: int
+    floor: bool
     size_prior: Mapping[str | int, float] | None = None
-    floor: bool = False
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.enabled, bool), "enabled", "must be a bool", self.enabled)
-        _check(_is_int(self.window) and self.window >= 2, "window", "must be an integer >= 2", self.window)
-        _check(_is_real(self.tau) and math.isfinite(self.tau), "tau", "must be a finite number", self.tau)
-        _check(
-            _is_real(self.warmup_ratio) and 0.0 <= self.warmup_ratio <= 1.0,
-            "warmup_ratio", "must be in [0, 1]", self.warmup_ratio,
-        )
-        _check(
-            self.warmup_steps is None or (_is_int(self.warmup_steps) and self.warmup_steps >= 0),
-            "warmup_steps", "must be None or an integer >= 0", self.warmup_steps,
-        )
-        _check(_is_int(self.probe_size) and self.probe_size >= 1, "probe_size", "must be an integer >= 1",
-               self.probe_size)
-        _check(_is_int(self.update_every) and self.update_every >= 1, "update_every",
-               "must be an integer >= 1", self.update_every)
-        _check(self.size_prior is None or isinstance(self.size_prior, Mapping), "size_prior",
-               "must be None or a mapping task -> weight", self.size_prior)
-        _check(isinstance(self.floor, bool), "floor", "must be a bool", self.floor)
 
     @classmethod
-    def from_config(cls, config: Any) -> S2SchedConfig:
-        """Build from an S2SchedConfig, a mapping, an ml_collections ConfigDict, or None (defaults)."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if hasattr(config, "to_dict"):
-            config = config.to_dict()
-        if not isinstance(config, Mapping):
-            raise TypeError(f"s2sched config must be a mapping or ConfigDict, got {type(config).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"s2sched.{unknown[0]}: unknown key; valid keys: {', '.join(sorted(known))}")
-        return cls(**dict(config))
+    def from_config(cls, s: ConfigDict, *, size_prior: Mapping[str | int, float] | None = None) -> S2SchedConfig:
+        """The S2SchedConfig of a run config's checked ``s2sched`` block."""
+        return cls(enabled=s.enabled, window=s.window, tau=s.tau, warmup_ratio=s.warmup_ratio,
+                   warmup_steps=s.warmup_steps, probe_size=s.probe_size, update_every=s.update_every,
+                   floor=s.floor, size_prior=size_prior)
+
+    @classmethod
+    def default(cls, *, size_prior: Mapping[str | int, float] | None = None, **overrides) -> S2SchedConfig:
+        """The schema's ``s2sched`` defaults with ``overrides`` (run-config keys), checked as a run config's."""
+        return cls.from_config(config_lib.section_defaults("s2sched", **overrides), size_prior=size_prior)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check(ok: bool, key: str, rule: str, value: Any) -> None:
-    """Raise a ValueError naming the config key when a rule fails."""
-    if not ok:
-        raise ValueError(f"s2sched.{key} {rule}, got {value!r}")
 
 
 def _ratio_of(ratio: float, total: int) -> int:
@@ -358,8 +241,8 @@ class S2Sched:
     losses of the initial model.
     """
 
-    def __init__(self, config: Any, task_ids: Sequence[int], batch_size: int, total_steps: int):
-        self.config = S2SchedConfig.from_config(config)
+    def __init__(self, config: S2SchedConfig, task_ids: Sequence[int], batch_size: int, total_steps: int):
+        self.config = config
         self.task_ids = tuple(int(task_id) for task_id in task_ids)
         if not self.task_ids or len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError(f"task_ids must be non-empty and distinct, got {task_ids}")
@@ -373,7 +256,7 @@ class S2Sched:
         self.total_steps = int(total_steps)
         cfg = self.config
         self.warmup_steps = (
-            int(cfg.warmup_steps) if cfg.warmup_steps is not None else _ratio_of(cfg.warmup_ratio, total_steps)
+            int(cfg.warmup_steps) if cfg.warmup_steps >= 0 else _ratio_of(cfg.warmup_ratio, total_steps)
         )
         self._prior = None if cfg.size_prior is None else _prior_vector(cfg.size_prior, self.task_ids)
         scheduled = math.ceil(max(total_steps - self.warmup_steps, 0) / cfg.update_every) + 1

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from ml_collections import ConfigDict
 
 from recfound_jax.inference import encoding
 from recfound_jax.train import losses
@@ -23,12 +24,20 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
-    """What the step computes: temperature, GradCache chunk (queries), generative micro-batch."""
+    """What the step computes: InfoNCE temperature, GradCache chunk (queries; 0 = one ordinary backward
+    over the batch), generative micro-batch (samples; 0 = the whole batch), and the LM-head positions per
+    row (>= the longest answer; 0 = every position)."""
 
-    temperature: float = 0.02
-    gradcache_chunk: int = 0  # queries per GradCache chunk; 0 = one ordinary backward over the batch
-    generative_micro_batch: int = 0  # samples per accumulated micro-batch; 0 = the whole batch
-    answer_budget: int = 0  # LM-head positions per row (>= the longest answer); 0 = every position
+    temperature: float
+    gradcache_chunk: int
+    generative_micro_batch: int
+    answer_budget: int
+
+    @classmethod
+    def from_config(cls, c: ConfigDict, *, answer_budget: int) -> StepOptions:
+        """The options of a checked run config; ``answer_budget`` comes from the data (`trainer.answer_budget`)."""
+        return cls(temperature=c.train.temperature, gradcache_chunk=c.train.gradcache_chunk,
+                   generative_micro_batch=c.train.generative_micro_batch, answer_budget=answer_budget)
 
 
 @dataclasses.dataclass
@@ -171,8 +180,7 @@ def answer_cross_entropy(model, batch: Batch, budget: int, dropout_key=None) -> 
     if budget <= 0:
         return losses.per_sample_cross_entropy(model.logits(hidden[:, :-1]), batch["labels"])
     positions, targets, valid = losses.answer_positions(batch["labels"], budget)
-    selected = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    return losses.target_cross_entropy(model.logits(selected), targets, valid)
+    return losses.target_cross_entropy(model.logits_at(hidden, positions), targets, valid)
 
 
 def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions) -> Callable:
@@ -224,14 +232,11 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
         if emb_batch is not None:
             q, p = _reps(parts, params, base, emb_batch, None)
             index = emb_batch["task_index"]
-            group = p.shape[0] // q.shape[0]
-            same_task = index[:, None] == jnp.repeat(index, group)[None, :]
+            same_task = index[:, None] == jnp.repeat(index, p.shape[0] // q.shape[0])[None, :]
             valid = _passage_valid(emb_batch)
             if valid is not None:
                 same_task &= valid[None, :] > 0
-            scores = jnp.where(same_task, (q @ p.T) / temperature, -jnp.inf)
-            log_probs = jax.nn.log_softmax(scores, axis=-1)
-            nll = -jnp.take_along_axis(log_probs, (jnp.arange(q.shape[0]) * group)[:, None], axis=-1)[:, 0]
+            nll = losses.info_nce_per_query(q, p, temperature, same_task)
             emb_losses = per_task_mean(nll, jnp.ones_like(nll), index, num_embedding_tasks)
         gen_losses = jnp.zeros((num_generative_tasks,))
         if gen_batch is not None:
