@@ -1,10 +1,9 @@
 """The embedded demo: RecFound on the synthetic dataset, from a tiny base pretrained by recfound_jax.demo.pretrain.
 
 Nothing is downloaded: the base (configs/demo_base.py) and the dataset are built once under
-$RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused. The first run takes about 25 minutes on 2 CPU
-cores (base pretraining 13 minutes: 3.3 of causal LM, 9.9 of instruction stage; 400 finetuning steps 11
-minutes); later runs reuse the base. The step count was chosen on the valid split with the base before
-its instruction stage (README, "The demo's results").
+$RECFOUND_CACHE (default ~/.cache/recfound_jax) and reused, so later runs only finetune. The step count
+was chosen on the valid split, with the base as it was before its instruction stage. Timings and scores:
+docs/results.md.
 """
 from recfound_jax.config import base_config
 

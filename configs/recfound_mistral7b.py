@@ -2,9 +2,9 @@
 
 Set the two paths (or pass --config.model.base=... --config.data.dir=...): a local snapshot of
 mistralai/Mistral-7B-Instruct-v0.3 (safetensors) and the released dataset (hub name Anonqwq/RecFound).
-Global batches are 2048 embedding and 1024 generative samples a step (METHOD.md §5); GradCache
-chunks and generative micro-batches of one sample per device keep activations within an 80 GB H100
-(scripts/plan_7b.py).
+Global batches are 2048 embedding and 1024 generative samples a step (docs/method.md, "Training
+recipe"); GradCache chunks and generative micro-batches of one sample per device keep activations within
+an 80 GB H100 (scripts/plan_7b.py).
 3 epochs of the released train split is about 360 steps at these batch sizes.
 """
 from recfound_jax.config import base_config
@@ -30,8 +30,8 @@ def get_config():
     c.train.generative_batch = 1024
     c.train.learning_rate = 2e-5
     c.train.warmup_ratio = 0.03
-    # One sample per device per chunk at 2048 tokens: scripts/plan_7b.py estimates 37.8 GiB per H100
-    # with dots_saveable (two per device: 69.2 GiB, too close to 80 GB).
+    # One sample per device per chunk at 2048 tokens: with dots_saveable, scripts/plan_7b.py puts two per
+    # device too close to an H100's 80 GB (docs/benchmarks.md).
     c.train.gradcache_chunk = 8
     c.train.generative_micro_batch = 8
     c.train.checkpoint_every = 20

@@ -10,13 +10,16 @@ global batch. Which processes form the job comes from, in order:
 - SLURM (``SLURM_JOB_ID`` with more than one task): jax's SLURM detection, one process per task;
 - otherwise one process, and nothing is started.
 
-Both functions must run before jax touches a device (the train CLI calls them first).
+Both functions must run before jax touches a device (the train CLI calls them first); importing jax is
+fine, since it reads XLA_FLAGS when its backend starts, at the first device use.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 from typing import Mapping, MutableMapping
+
+import jax
 
 COORDINATOR = "RECFOUND_COORDINATOR"
 NUM_PROCESSES = "RECFOUND_NUM_PROCESSES"
@@ -44,8 +47,6 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
     A single process is a no-op. Raises ValueError naming the variable that is missing or out of range.
     """
     env = os.environ if env is None else env
-    import jax  # noqa: PLC0415 (after the caller has set XLA_FLAGS)
-
     if jax.distributed.is_initialized():
         return True
     coordinator = env.get(COORDINATOR, "").strip()
@@ -83,8 +84,6 @@ def _int_var(env: Mapping[str, str], name: str) -> int:
 def _use_cpu_collectives(env: Mapping[str, str]) -> None:
     """Cross-process collectives on CPU devices go through gloo (also jax's default today)."""
     if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
-        import jax  # noqa: PLC0415
-
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 

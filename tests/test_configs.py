@@ -1,24 +1,46 @@
-"""Every shipped config loads; the demo ones validate; the 7B ones fail only on their placeholder paths."""
+"""Every shipped config loads by name; the demo ones validate; the 7B ones fail only on their placeholder paths."""
 from pathlib import Path
 
 import pytest
 
-from recfound_jax import config as config_lib
+from recfound_jax import config as config_lib, recipes
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = recipes.names()
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("demo") and p.name != "demo_base.py"],
-                         ids=lambda p: p.stem)
-def test_demo_configs_validate(path):
-    c = config_lib.load_config_file(path)
+def test_every_module_of_configs_is_a_recipe_by_name_or_by_path(monkeypatch):
+    assert CONFIGS == sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
+    assert {"demo", "demo_base", "recfound_mistral7b", "demo_no_tmole"} <= set(CONFIGS)
+    monkeypatch.chdir(ROOT)
+    assert recipes.load("demo").to_dict() == recipes.load("configs/demo.py").to_dict()
+    assert recipes.load("demo_no_tmole").to_dict() == recipes.load(ROOT / "configs" / "demo_no_tmole.py").to_dict()
+
+
+def test_an_unknown_recipe_lists_the_shipped_names(tmp_path):
+    with pytest.raises(recipes.RecipeError, match=r"unknown recipe 'demoo'; the shipped recipes are demo, demo_base, "):
+        recipes.load("demoo")
+    with pytest.raises(recipes.RecipeError, match=r"nope\.py: no such recipe file; the shipped recipes are demo, "):
+        recipes.load(tmp_path / "nope.py")
+
+
+def test_an_unknown_base_recipe_is_named():
+    c = recipes.load("demo")
+    c.model.base_recipe = "no_such_recipe"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.base_recipe: 'no_such_recipe' is neither"):
+        config_lib.validate(c, device_count=1)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("demo") and n != "demo_base"])
+def test_demo_configs_validate(name):
+    c = recipes.load(name)
     config_lib.validate(c, device_count=1)
     assert c.model.base == "demo" and c.data.dir == "synthetic"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("recfound_mistral7b")], ids=lambda p: p.stem)
-def test_paper_recipe_configs_name_their_missing_paths(path):
-    c = config_lib.load_config_file(path)
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("recfound_mistral7b")])
+def test_paper_recipe_configs_name_their_missing_paths(name):
+    c = recipes.load(name)
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.base"):
         config_lib.validate(c, device_count=8)
     c.model.base = "demo"  # with a real base and data directory the rest of the recipe is valid
@@ -29,17 +51,16 @@ def test_paper_recipe_configs_name_their_missing_paths(path):
 
 
 def test_ablations_switch_off_what_their_names_say():
-    by_name = {p.stem: config_lib.load_config_file(p) for p in CONFIGS if p.name != "demo_base.py"}
+    by_name = {name: recipes.load(name) for name in CONFIGS if name != "demo_base"}
     for name, c in by_name.items():
         assert c.s2sched.enabled == ("no_s2sched" not in name), name
         assert c.tmole.enabled == ("no_tmole" not in name), name
 
 
 def test_unknown_dropout_rng_is_named():
-    c = config_lib.load_config_file(next(p for p in CONFIGS if p.name == "demo.py"))
+    c = recipes.load("demo")
     c.tmole.dropout_rng = "philox"
     with pytest.raises(config_lib.ConfigError, match=r"config\.tmole\.dropout_rng: 'philox' not in"):
         config_lib.validate(c, device_count=1)
-    for rng in ("rbg", "threefry16"):
-        c.tmole.dropout_rng = rng
-        config_lib.validate(c, device_count=1)
+    c.tmole.dropout_rng = "threefry16"
+    config_lib.validate(c, device_count=1)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfound_jax.data import records, synthetic
+from recfound_jax.data import records
+from recfound_jax.demo import synthetic
 from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.evaluate.__main__ import main
@@ -201,7 +202,7 @@ def test_plots_write_pngs(tmp_path):
 
 def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["--run", str(run_dir), "--limit", "2", "--max-new-tokens", "2", "--no-progress",
+    assert main(["--run", str(run_dir), "--limit", "2", "--max_new_tokens", "2", "--noprogress",
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {t.name for t in TASKS}
@@ -219,8 +220,8 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
 
     # The base model alone ("w/o finetuning"), with the run above as a baseline row; no routing plot.
     base_out = tmp_path / "base"
-    assert main(["--run", str(run_dir), "--base-only", "--tasks", "U2I", "SR", "--limit", "2",
-                 "--max-new-tokens", "2", "--no-progress", "--out", str(base_out),
+    assert main(["--run", str(run_dir), "--base_only", "--tasks", "U2I,SR", "--limit", "2",
+                 "--max_new_tokens", "2", "--noprogress", "--out", str(base_out),
                  "--baseline", f"tiny={out / 'metrics.json'}"]) == 0
     base_metrics = json.loads((base_out / "metrics.json").read_text())
     assert base_metrics["base_only"] and base_metrics["step"] is None

@@ -10,17 +10,14 @@ import pytest
 import sentencepiece as spm
 import torch
 import transformers
-from flax import nnx
 
-from recfound_jax import config as config_lib
 from recfound_jax.convert import export
 from recfound_jax.runs import rundir
 from recfound_jax.data.formatting import Formatter
 from recfound_jax.tasks import get_task
-from recfound_jax.merge.checkpoints import write_run
 from recfound_jax.convert.hf import load_hf
 from recfound_jax.tokenizer import Tokenizer
-from tests.train_fixtures import tiny_config, write_tiny_base
+from tests.train_fixtures import tiny_config, write_model_run, write_tiny_base
 
 STEP = 5
 GENERATIVE, EMBEDDING = "Sequential_Recommendation", "Emb_query"
@@ -37,11 +34,7 @@ def run_dir(tmp_path_factory):
     for bank in model.adapters.banks.values():
         bank.b.set_value(0.3 * jax.random.normal(next(keys), bank.b.shape))
         bank.router_b[0].set_value(jax.random.normal(next(keys), bank.router_b[0].shape))
-    _, params, _ = nnx.split(model, nnx.Param, ...)
-    info = {"base": str(base), "base_fingerprint": rundir.base_fingerprint(base),
-            "tokenizer": str(base / "tokenizer.model"), "data": None}
-    return write_run(tmp_path_factory.mktemp("runs") / "run", config_lib.to_dict(c), info, params, STEP,
-                     {"step": STEP}, initial=params)
+    return write_model_run(tmp_path_factory.mktemp("runs") / "run", c, base, model, STEP)
 
 
 @pytest.fixture(scope="module")
@@ -142,5 +135,8 @@ def test_cli_exports_and_refuses_a_used_folder_and_an_unknown_task(run_dir, tmp_
     assert "Product_Matching" in (tmp_path / "pm" / "README.md").read_text()
     assert export.main(["--run", str(run_dir), "--task", "PM", "--out", str(tmp_path / "pm")]) == 2
     assert "not empty" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        export.parse_args(["--run", str(run_dir), "--task", "Nope", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit) as exited:
+        export.main(["--run", str(run_dir), "--task", "Nope", "--out", str(tmp_path / "x")])
+    assert exited.value.code == 2
+    assert "flag --task=Nope: unknown task 'Nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

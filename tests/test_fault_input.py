@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from safetensors.numpy import load_file, save_file
 
+from recfound_jax import jsonio
 from recfound_jax.runs import checkpoint
 from recfound_jax.data import records
 from recfound_jax.data.records import EmbeddingRecord, GenerativeRecord, RecordError
@@ -121,7 +122,7 @@ def test_skip_mode_counts_every_reason_in_the_log_and_summary(setup, bad_corpus,
                              train__steps=8, train__checkpoint_every=8)
     proc, _ = ff.run_cli(config, tmp_path / "run", env=env)
     ff.finished(proc, "the skip-mode run")
-    report = checkpoint.read_json(tmp_path / "run" / "summary.json")["data_load_report"]
+    report = jsonio.read_json(tmp_path / "run" / "summary.json")["data_load_report"]
     expected = {"train": {}, "valid": {}}
     for split, kinds in (("train", BAD_KINDS), ("valid", BAD_KINDS[-3:])):
         for _, _, _, reason in kinds:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from recfound_jax import jsonio
 from recfound_jax.runs import checkpoint, rundir
 from tests import fault_fixtures as ff
 
@@ -87,7 +88,7 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(setup, ref
     _steps_once(after)
     assert after[:latest] == before[:latest]  # the steps up to the checkpoint were kept, not redone
     ff.assert_same_steps(expected, after, SAME)
-    summary = checkpoint.read_json(workdir / "summary.json")
+    summary = jsonio.read_json(workdir / "summary.json")
     assert summary["completed"] and summary["steps"] == STEPS
 
 
@@ -105,7 +106,7 @@ def test_sigterm_checkpoints_the_step_reached_and_exits_zero(setup, reference, t
     assert seconds < 60, f"SIGTERM took {seconds:.1f} s to stop the run"
     reached = ff.metrics(workdir)[-1]["step"]
     assert term_at <= reached < STEPS
-    summary = checkpoint.read_json(workdir / "summary.json")
+    summary = jsonio.read_json(workdir / "summary.json")
     assert summary["stopped_by_signal"] and not summary["completed"] and summary["steps"] == reached
     assert _latest_restorable(workdir) == reached
 
@@ -114,7 +115,7 @@ def test_sigterm_checkpoints_the_step_reached_and_exits_zero(setup, reference, t
     after = ff.metrics(workdir)
     _steps_once(after)
     ff.assert_same_steps(expected, after, SAME)
-    assert checkpoint.read_json(workdir / "summary.json")["completed"]
+    assert jsonio.read_json(workdir / "summary.json")["completed"]
 
 
 def _writes(folder, first_step: int) -> list[str]:

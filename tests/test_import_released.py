@@ -8,7 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from recfound_jax.convert import released as import_released, runs
+from recfound_jax.convert import released as import_released
+from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
 from recfound_jax.convert import safetensors_io
 from recfound_jax.convert.hf import folded_weights
@@ -88,7 +89,7 @@ def torch_folded(base_weight: torch.Tensor, tensors: dict[str, torch.Tensor], ta
 @pytest.mark.parametrize("task", ["Emb_query", "Sequential_Recommendation"])
 def test_folded_weights_match_a_torch_computation_from_the_raw_tensors(base, released, imported, task):
     _, tensors, table = released
-    model, config, step = runs.load_model(imported)
+    model, config, step = rundir.load_model(imported)
     assert step == 0
     assert (config.tmole.num_embedding, config.tmole.num_shared, config.tmole.num_generative) == (3, 0, 3)
     folded = folded_weights(model, task)
@@ -102,7 +103,7 @@ def test_folded_weights_match_a_torch_computation_from_the_raw_tensors(base, rel
 
 def test_imported_params_are_the_transposed_released_tensors(released, imported):
     _, tensors, table = released
-    model, _, _ = runs.load_model(imported)
+    model, _, _ = rundir.load_model(imported)
     bank = model.adapters.banks["k"]
     prefix = "base_model.model.model.layers.0.self_attn.k_proj."
     np.testing.assert_array_equal(np.asarray(bank.a[...][0, 4]), tensors[prefix + "lora_A.4.weight"].numpy().T)
@@ -113,8 +114,8 @@ def test_imported_params_are_the_transposed_released_tensors(released, imported)
 
 
 def test_run_directory_is_complete(base, imported):
-    info = runs.read_run_info(imported)
-    assert info["base"] == str(base.absolute()) and info["base_fingerprint"] == runs.base_fingerprint(base)
+    info = rundir.read_run_info(imported)
+    assert info["base"] == str(base.absolute()) and info["base_fingerprint"] == rundir.base_fingerprint(base)
     assert info["imported_from"]["adapter_dtypes"] == ["F32"]
     assert (imported / "initial_params").is_dir()
     from recfound_jax.inference.recfound import RecFound
@@ -174,12 +175,12 @@ def test_a_safetensors_task_embedding_and_bf16_adapters_are_accepted(tmp_path, b
     safetensors.torch.save_file({"weight": table}, str(tmp_path / "table.safetensors"))
     out = import_released.import_released(folder, base, tmp_path / "run", dtype="float32",
                                           task_embedding=tmp_path / "table.safetensors")
-    model, _, _ = runs.load_model(out)
+    model, _, _ = rundir.load_model(out)
     np.testing.assert_array_equal(np.asarray(model.adapters.task_embedding[...]), table.numpy())
     prefix = "base_model.model.model.layers.0.self_attn.q_proj."
     np.testing.assert_array_equal(np.asarray(model.adapters.banks["q"].a[...][0, 2]),
                                   tensors[prefix + "lora_A.2.weight"].to(torch.bfloat16).float().numpy().T)
-    assert runs.read_run_info(out)["imported_from"]["adapter_dtypes"] == ["BF16"]
+    assert rundir.read_run_info(out)["imported_from"]["adapter_dtypes"] == ["BF16"]
 
 
 def test_cli_refuses_another_rank_in_adapter_config(tmp_path, base, released, capsys):

@@ -81,9 +81,9 @@ def test_merge_run_equals_ties_merge_of_the_restored_pytrees(run_dir, tmp_path):
 
 def test_cli_merges_against_a_checkpoint_with_the_released_order(run_dir, tmp_path):
     out = tmp_path / "merged"
-    command = [sys.executable, "-m", "recfound_jax.merge", "--run", str(run_dir), "--steps", "4", "6",
-               "--init-step", "2", "--density", "0.5", "--lam", "0.7", "--order", "released", "--out", str(out),
-               "--no-progress"]
+    command = [sys.executable, "-m", "recfound_jax.merge", "--run", str(run_dir), "--steps", "4,6",
+               "--init_step", "2", "--density", "0.5", "--lam", "0.7", "--order", "released", "--out", str(out),
+               "--noprogress"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -96,11 +96,11 @@ def test_cli_merges_against_a_checkpoint_with_the_released_order(run_dir, tmp_pa
 def test_a_missing_step_lists_the_available_ones(run_dir, tmp_path, capsys):
     with pytest.raises(MergeError, match=r"no checkpoint for step 5; available steps: \[0, 2, 4, 6\]"):
         merge_run(run_dir, [2, 5], tmp_path / "a", progress=False)
-    with pytest.raises(MergeError, match=r"--init-step 3"):
+    with pytest.raises(MergeError, match=r"--init_step 3"):
         merge_run(run_dir, [4, 6], tmp_path / "b", init_step=3, progress=False)
     with pytest.raises(MergeError, match="also among the merged steps"):
         merge_run(run_dir, [2, 4], tmp_path / "c", init_step=2, progress=False)
-    assert merge_main(["--run", str(run_dir), "--steps", "2", "7", "--out", str(tmp_path / "d")]) == 2
+    assert merge_main(["--run", str(run_dir), "--steps", "2,7", "--out", str(tmp_path / "d")]) == 2
     assert "available steps: [0, 2, 4, 6]" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
 

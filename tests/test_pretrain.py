@@ -13,19 +13,17 @@ import torch
 import transformers
 from flax import nnx
 
-from recfound_jax import config as config_lib, load_hf
+from recfound_jax import config as config_lib, load_hf, recipes
 from recfound_jax.data import formatting
 from recfound_jax.demo import pretrain as pt
 from recfound_jax.demo import synthetic, synthetic_world
 from recfound_jax.model.mistral import BaseParam, Mistral
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
-
-from recfound_jax.runs.rundir import DEMO_BASE_CONFIG
 from recfound_jax.train import inputs
 
 
 def load_config_file():
-    return config_lib.load_config_file(DEMO_BASE_CONFIG)
+    return recipes.load("demo_base")
 
 
 def tiny_config():
@@ -51,7 +49,7 @@ def built(tmp_path_factory):
 
 def test_default_config_is_valid_and_fits_the_tokenizer():
     config = load_config_file()
-    pt.validate_config(config)
+    config_lib.validate_demo_base(config)
     assert config.model.vocab_size == Tokenizer().vocab_size
     assert config.train.seq_len <= config.model.max_position_embeddings
 
@@ -69,7 +67,7 @@ def test_validate_config_names_the_bad_key(key, value):
         parent = parent[section]
     parent[name] = value
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        pt.validate_config(config)
+        config_lib.validate_demo_base(config)
 
 
 def test_pack_windows_cut_one_shuffled_stream():
@@ -221,7 +219,7 @@ def test_demo_base_honours_the_progress_flag(monkeypatch):
     """`--noprogress` reaches the demo base's build: inputs.resolve_base hands its flag to ensure_base."""
     seen = []
     monkeypatch.setattr(pt, "ensure_base", lambda config, **kwargs: seen.append(kwargs) or "/base")
-    c = config_lib.load_config_file(DEMO_BASE_CONFIG.parent / "demo.py")
+    c = recipes.load("demo")
     assert str(inputs.resolve_base(c, progress=False)) == "/base"
     assert str(inputs.resolve_base(c)) == "/base"
     assert seen == [{"progress": False}, {"progress": True}]

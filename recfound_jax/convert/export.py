@@ -10,14 +10,17 @@ attention mask the export needs).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from absl import flags
+
+from recfound_jax import cli
+from recfound_jax.convert.hf import save_hf
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
+from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, Task, get_task
 
 README = "README.md"
@@ -115,9 +118,6 @@ def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathL
     tokenizer.model and README.md. Raises KeyError for an unknown task, FileExistsError when ``out``
     is not empty.
     """
-    from recfound_jax.runs import rundir  # noqa: PLC0415 (jax starts here)
-    from recfound_jax.convert.hf import save_hf  # noqa: PLC0415
-
     run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
     resolved = get_task(task)
     if out.exists() and any(out.iterdir()):
@@ -133,33 +133,34 @@ def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathL
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line (checked before jax starts)."""
-    p = argparse.ArgumentParser(prog="python -m recfound_jax.convert.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="the run directory")
-    p.add_argument("--task", required=True, help=f"task name or short name: {', '.join(t.name for t in TASKS)}")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    args = p.parse_args(argv)
+def _known_task(task: str) -> bool:
     try:
-        get_task(args.task)
+        get_task(task)
     except KeyError as err:
-        p.error(str(err.args[0]))
-    return args
+        raise flags.ValidationError(str(err.args[0])) from None
+    return True
+
+
+FLAGS = flags.FlagValues()
+_RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
+_TASK = flags.DEFINE_string("task", None, f"task name or short name: {', '.join(t.name for t in TASKS)}",
+                            required=True, flag_values=FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "output directory (must not exist or be empty)", required=True,
+                           flag_values=FLAGS)
+flags.register_validator("task", _known_task, flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Export and print where the files are."""
-    args = parse_args(argv)
-    try:
-        out = export_task(args.run, args.task, args.out, step=args.step)
-    except (FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"exported {get_task(args.task).name} of {args.run} to {out}")
-    return 0
+    cli.parse(FLAGS, argv, __doc__)
+
+    def export() -> str:
+        out = export_task(_RUN.value, _TASK.value, _OUT.value, step=_STEP.value)
+        return f"exported {get_task(_TASK.value).name} of {_RUN.value} to {out}"
+
+    return cli.attempt(export, FileNotFoundError, FileExistsError)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -7,7 +7,6 @@ loads; with ``task=`` it folds that task's gated expert bank into W0 first.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from recfound_jax import parallel
+from recfound_jax import jsonio, parallel
 from recfound_jax.tasks import get_task
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.model.mistral import Mistral, MistralConfig
@@ -87,7 +86,7 @@ def read_config(path: str | os.PathLike) -> MistralConfig:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no config.json")
-    return config_from_hf(json.loads(file.read_text()), source=str(file))
+    return config_from_hf(jsonio.read_json(file), source=str(file))
 
 
 def expected_tensors(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
@@ -227,5 +226,5 @@ def save_hf(
         tensors.append((GLOBAL_KEYS[kind], shapes[GLOBAL_KEYS[kind]], dtype, global_tensor(kind)))
     path.mkdir(parents=True, exist_ok=True)
     st.write_checkpoint(path, tensors, max_shard_bytes=max_shard_bytes)
-    (path / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2))
+    jsonio.write_json(path / "config.json", config_to_hf(cfg, dtype))
     return path

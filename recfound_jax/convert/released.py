@@ -1,7 +1,7 @@
 """Import the released RecFound-7B adapters as a run directory.
 
     python -m recfound_jax.convert.released --adapter DIR --base HF_DIR --out RUN_DIR \\
-        [--task-embedding FILE] [--dtype bfloat16|float32] [--data DATA_DIR]
+        [--task_embedding FILE] [--dtype bfloat16|float32] [--data DATA_DIR]
 
 The released checkpoint (JunkFood436/RecFound) holds, in DIR:
 - adapter_model.safetensors: for every layer i and projection p in q, k, v, o,
@@ -27,11 +27,8 @@ untrained adapters are not published, so the import is this run's starting point
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import pickle
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,15 +36,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from recfound_jax import config as config_lib
+from recfound_jax import cli, config as config_lib, jsonio
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASK_TABLE_SIZE
 from recfound_jax.merge.checkpoints import key_name, write_run
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.convert.hf import read_config as read_hf_config
 from recfound_jax.model.mistral import Mistral
+from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.tokenizer import default_tokenizer_path
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -120,7 +119,7 @@ def check_adapter_config(path: Path) -> None:
     """Raise ReleasedLayoutError when adapter_config.json (if present) differs from the released layout."""
     if not path.is_file():
         return
-    raw = json.loads(path.read_text())
+    raw = jsonio.read_json(path)
     wanted = {"r": RANK, "lora_alpha": ALPHA, "lora_nums": NUM_EXPERTS}
     for key, value in wanted.items():
         if key in raw and raw[key] != value:
@@ -204,7 +203,7 @@ def read_task_embedding(path: str | os.PathLike) -> np.ndarray:
 def _params(config: ml_collections.ConfigDict, base: Path, banks: dict[str, dict[str, np.ndarray]],
             task_embedding: np.ndarray) -> Any:
     """The run's trainable-param State (nnx.Param values) filled with the imported arrays."""
-    tmole = rundir.tmole_config(config)
+    tmole = TMoLEConfig.from_config(config.tmole)
     kinds = tmole.expert_kinds().tolist()
     if kinds != [0] * NUM_EMBEDDING + [2] * NUM_GENERATIVE:  # embedding experts first, then generative
         raise AssertionError(f"bank order {kinds} is not the released expert order")
@@ -263,33 +262,32 @@ def import_released(adapter: str | os.PathLike, base: str | os.PathLike, out: st
                      initial=params)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line."""
-    p = argparse.ArgumentParser(prog="python -m recfound_jax.convert.released", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help=f"released checkpoint folder holding {ADAPTER_FILE}")
-    p.add_argument("--base", required=True, help="HF Mistral-7B-Instruct-v0.3 folder (safetensors)")
-    p.add_argument("--out", required=True, help="the run directory to write (must not exist or be empty)")
-    p.add_argument("--task-embedding", default=None,
-                   help=f"task-embedding file, .pth or .safetensors (default: ADAPTER/{EMBEDDING_FILE})")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                   help="the run's base weight and compute dtype (default bfloat16, as released)")
-    p.add_argument("--data", default=None, help="dataset folder recorded in the run (for evaluation)")
-    return p.parse_args(argv)
+FLAGS = flags.FlagValues()
+_ADAPTER = flags.DEFINE_string("adapter", None, f"released checkpoint folder holding {ADAPTER_FILE}", required=True,
+                               flag_values=FLAGS)
+_BASE = flags.DEFINE_string("base", None, "HF Mistral-7B-Instruct-v0.3 folder (safetensors)", required=True,
+                            flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "the run directory to write (must not exist or be empty)", required=True,
+                           flag_values=FLAGS)
+_TASK_EMBEDDING = flags.DEFINE_string("task_embedding", None, "task-embedding file, .pth or .safetensors "
+                                      f"(default: ADAPTER/{EMBEDDING_FILE})", flag_values=FLAGS)
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ("bfloat16", "float32"),
+                           "the run's base weight and compute dtype (bfloat16 as released)", flag_values=FLAGS)
+_DATA = flags.DEFINE_string("data", None, "dataset folder recorded in the run (for evaluation)", flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Import and print where the run is."""
-    args = parse_args(argv)
-    try:
-        out = import_released(args.adapter, args.base, args.out, task_embedding=args.task_embedding,
-                              dtype=args.dtype, data=args.data)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # ReleasedLayoutError, ConfigError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"imported {args.adapter} onto {args.base} as run {out} (checkpoint 0)")
-    return 0
+    cli.parse(FLAGS, argv, __doc__)
+
+    def convert() -> str:
+        out = import_released(_ADAPTER.value, _BASE.value, _OUT.value, task_embedding=_TASK_EMBEDDING.value,
+                              dtype=_DTYPE.value, data=_DATA.value)
+        return f"imported {_ADAPTER.value} onto {_BASE.value} as run {out} (checkpoint 0)"
+
+    # ValueError: a ReleasedLayoutError or ConfigError
+    return cli.attempt(convert, ValueError, FileNotFoundError, FileExistsError)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 import ml_dtypes
 import numpy as np
 
+from recfound_jax import jsonio
+
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -61,7 +63,7 @@ def index_checkpoint(directory: str | os.PathLike) -> dict[str, TensorInfo]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = jsonio.read_json(index)["weight_map"]
         infos = {}
         for file in sorted(set(weight_map.values())):
             if not file.endswith(".safetensors"):
@@ -143,7 +145,7 @@ def write_checkpoint(
         weight_map.update({entry[0]: file_name for entry in shard})
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+        jsonio.write_json(directory / INDEX_FILE, index)
     return [directory / n for n in names]
 
 

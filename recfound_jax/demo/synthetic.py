@@ -1,6 +1,6 @@
 """The embedded synthetic dataset: all 13 RecFound tasks in the released JSONL format, from a generated world.
 
-``python -m recfound_jax.demo.synthetic --out DIR [--scale N --seed S] [--lengths]`` writes
+``python -m recfound_jax.demo.synthetic --out DIR [--scale N] [--seed S] [--lengths]`` writes
 - ``DIR/{train,valid,test}/{task}.jsonl``: embedding rows ``{"query", "pos", "neg", "task"}`` (valid and
   test rows add ``"source"``) and generative rows ``{"text": [prompt, answer], "task"}`` whose prompt is
   the paper's Alpaca-style text (Appendix B.1) around one of the paper's instructions (B.2);
@@ -12,7 +12,6 @@ gives byte-identical files.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import Counter
@@ -20,12 +19,15 @@ from pathlib import Path
 from typing import Callable, Collection, Sequence
 
 import numpy as np
+from absl import flags
 
+from recfound_jax import cli, jsonio
 from recfound_jax.demo import synthetic_world as sw
 from recfound_jax.runs.atomic_dir import build_dir_atomically
 from recfound_jax.tasks import TASKS, BY_SHORT
 from recfound_jax.data.formatting import input_text
 from recfound_jax.evaluate.chance import chance_levels
+from recfound_jax.tokenizer import Tokenizer
 
 GENERATOR_VERSION = "1"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -528,10 +530,6 @@ def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> dict:
     """Write the dataset, chance.json, corpus.txt, manifest.json and the marker into ``out_dir``.
 
@@ -544,7 +542,7 @@ def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> di
         (out / split).mkdir(parents=True, exist_ok=True)
         for name, task_rows in rows[split].items():
             _write_jsonl(out / split / f"{name}.jsonl", task_rows)
-    _write_json(out / "chance.json", chance_levels(rows, seed))
+    jsonio.write_json(out / "chance.json", chance_levels(rows, seed))
     corpus = sw.world_corpus(world, seed)
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
     manifest = {
@@ -555,13 +553,13 @@ def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> di
                   "sources": list(sw.SOURCES)},
         "corpus_documents": len(corpus),
     }
-    _write_json(out / "manifest.json", manifest)
+    jsonio.write_json(out / "manifest.json", manifest)
     (out / MARKER).write_text(GENERATOR_VERSION + "\n", encoding="utf-8")
     return manifest
 
 
 def _check_existing(out: Path, scale: int, seed: int) -> dict:
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest = jsonio.read_json(out / "manifest.json")
     if (manifest["scale"], manifest["seed"]) != (scale, seed):
         raise ValueError(f"{out} holds the synthetic dataset of scale={manifest['scale']} seed={manifest['seed']}, "
                          f"not scale={scale} seed={seed}: delete it or pick another folder")
@@ -595,8 +593,6 @@ def read_rows(out_dir: str | os.PathLike, split: str, task_name: str) -> list[Ro
 
 def token_lengths(out_dir: str | os.PathLike, split: str = "train") -> dict[str, dict[str, int]]:
     """p50/p95/max Mistral-v3 token counts per task: prompts and prompt+answer, or query and passage texts."""
-    from recfound_jax.tokenizer import Tokenizer
-
     tok = Tokenizer()
     report = {}
     for task in TASKS:
@@ -617,19 +613,22 @@ def token_lengths(out_dir: str | os.PathLike, split: str = "train") -> dict[str,
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: generate the dataset into --out and print its manifest (and token lengths with --lengths)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--scale", type=int, default=1, help="multiplies the world and the row counts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lengths", action="store_true", help="print token lengths of the train split")
-    args = parser.parse_args(argv)
-    print(json.dumps(generate(args.out, scale=args.scale, seed=args.seed), indent=2))
-    if args.lengths:
-        for name, stats in token_lengths(args.out).items():
+FLAGS = flags.FlagValues()
+_OUT = flags.DEFINE_string("out", None, "output folder", required=True, flag_values=FLAGS)
+_SCALE = flags.DEFINE_integer("scale", 1, "multiplies the world and the row counts", lower_bound=1, flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "the world's and the rows' random seed", flag_values=FLAGS)
+_LENGTHS = flags.DEFINE_bool("lengths", False, "print token lengths of the train split", flag_values=FLAGS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Generate the dataset into --out and print its manifest (and token lengths with --lengths)."""
+    cli.parse(FLAGS, argv, __doc__)
+    print(json.dumps(generate(_OUT.value, scale=_SCALE.value, seed=_SEED.value), indent=2))
+    if _LENGTHS.value:
+        for name, stats in token_lengths(_OUT.value).items():
             print(f"{name:28s} " + " ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,51 +1,52 @@
-"""python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks ...] [--base-only]
+"""python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks QR,SA] [--base_only]
 [--limit N] [--baseline NAME=path/to/metrics.json ...] [--out DIR]
 
 Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
-into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base-only; a split other than
+into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base_only; a split other than
 test adds "-<split>"):
 - metrics.json: every task's headline score and details (evaluate/runner.py);
 - results.md: the paper's Table 2 and 3 layouts (the model, each --baseline, chance when the data
   has a chance.json), per-task details and example predictions;
-- routing.png (Figure 2; not with --base-only), schedule.png (Figure 3) and probe_loss.png from the
+- routing.png (Figure 2; not with --base_only), schedule.png (Figure 3) and probe_loss.png from the
   run's metrics.jsonl.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from absl import flags
+
+from recfound_jax import cli, jsonio
+from recfound_jax.evaluate import plots, report, runner
+from recfound_jax.inference.recfound import RecFound
 from recfound_jax.offline import go_offline
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASKS
 
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line."""
-    p = argparse.ArgumentParser(prog="python -m recfound_jax.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="the run directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--split", default="test", help="data split to evaluate (default: test)")
-    p.add_argument("--data", default=None, help="dataset directory (default: the run's, from run.json)")
-    p.add_argument("--tasks", nargs="+", default=None, help="task names or short names (default: all 13)")
-    p.add_argument("--base-only", action="store_true", help="evaluate the base model without adapters")
-    p.add_argument("--limit", type=int, default=None, help="rows (embedding: queries) per task")
-    p.add_argument("--embedding-stride", type=int, default=1,
-                   help="evaluate every N-th embedding row (the released protocol: 10)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens for every task")
-    p.add_argument("--bertscore-model", default=None,
-                   help="local encoder directory for BERTScore on QR/AG/UP/IP (default: token F1)")
-    p.add_argument("--baseline", action="append", default=[], metavar="NAME=PATH",
-                   help="another metrics.json to put in the tables (repeatable)")
-    p.add_argument("--name", default=None, help="the model's row name in the tables")
-    p.add_argument("--out", default=None, help="output directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    for spec in args.baseline:
-        if "=" not in spec:
-            p.error(f"--baseline {spec!r}: expected NAME=path/to/metrics.json")
-    return args
+FLAGS = flags.FlagValues()
+_RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=FLAGS)
+_SPLIT = flags.DEFINE_string("split", "test", "data split to evaluate", flag_values=FLAGS)
+_DATA = flags.DEFINE_string("data", None, "dataset directory (default: the run's, from run.json)", flag_values=FLAGS)
+_TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA (default: all 13)",
+                           flag_values=FLAGS)
+_BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model without adapters", flag_values=FLAGS)
+_LIMIT = flags.DEFINE_integer("limit", None, "rows (embedding: queries) per task", flag_values=FLAGS)
+_EMBEDDING_STRIDE = flags.DEFINE_integer("embedding_stride", 1, "evaluate every N-th embedding row (the released "
+                                         "protocol: 10)", lower_bound=1, flag_values=FLAGS)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "cap on generated tokens for every task",
+                                       flag_values=FLAGS)
+_BERTSCORE_MODEL = flags.DEFINE_string("bertscore_model", None, "local encoder directory for BERTScore on QR/AG/UP/IP "
+                                       "(default: token F1)", flag_values=FLAGS)
+_BASELINES = flags.DEFINE_multi_string("baseline", [], "NAME=path/to/metrics.json: another model's row in the "
+                                       "tables", flag_values=FLAGS)
+_NAME = flags.DEFINE_string("name", None, "the model's row name in the tables", flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
+_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
+flags.register_validator("baseline", lambda specs: all("=" in spec for spec in specs),
+                         "--baseline takes NAME=path/to/metrics.json", flag_values=FLAGS)
 
 
 def default_out_dir(run_dir: Path, step: int | None, split: str, base_only: bool) -> Path:
@@ -54,23 +55,9 @@ def default_out_dir(run_dir: Path, step: int | None, split: str, base_only: bool
     return run_dir / "eval" / (name if split == "test" else f"{name}-{split}")
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Pretty JSON, numpy values included."""
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
-
-
 def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[Path]:
     """routing.png (a model with a task router only), schedule.png and probe_loss.png (when the run
     logged those series)."""
-    from recfound_jax.tasks import TASKS  # noqa: PLC0415
-    from recfound_jax.evaluate import plots  # noqa: PLC0415
-
     written = []
     if not base_only and rf.model.adapters is not None and rf.model.adapters.cfg.enabled:
         written.append(plots.routing_heatmap(rf.routing(), [t.name for t in TASKS], out / "routing.png"))
@@ -84,32 +71,28 @@ def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[P
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, then write metrics.json, results.md and the plots; print the tables."""
-    args = parse_args(argv)
+    cli.parse(FLAGS, argv, __doc__)
     go_offline()
-    from recfound_jax.runs import rundir  # noqa: PLC0415 (jax starts here, after the flags are checked)
-    from recfound_jax.evaluate import report, runner  # noqa: PLC0415
-    from recfound_jax.inference.recfound import RecFound  # noqa: PLC0415
-
-    run_dir = Path(args.run)
-    data_dir = args.data or rundir.read_run_info(run_dir).get("data")
+    run_dir, split, base_only = Path(_RUN.value), _SPLIT.value, _BASE_ONLY.value
+    data_dir = _DATA.value or rundir.read_run_info(run_dir).get("data")
     if not data_dir:
-        raise SystemExit(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
-    rf = RecFound.from_run(run_dir, args.step, base_only=args.base_only)
-    metrics = runner.evaluate(rf, data_dir, split=args.split, tasks=args.tasks, limit_per_task=args.limit,
-                              embedding_stride=args.embedding_stride, max_new_tokens=args.max_new_tokens,
-                              progress=not args.no_progress, bertscore_model=args.bertscore_model)
-    name = args.name or ("w/o finetuning" if args.base_only else f"{run_dir.name} (step {rf.step})")
-    metrics.update(run_dir=str(run_dir), base_only=args.base_only, model=name)
+        cli.usage_error(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
+    rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only)
+    metrics = runner.evaluate(rf, data_dir, split=split, tasks=_TASKS.value, limit_per_task=_LIMIT.value,
+                              embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+                              progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value)
+    name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
+    metrics.update(run_dir=str(run_dir), base_only=base_only, model=name)
 
-    out = Path(args.out) if args.out else default_out_dir(run_dir, rf.step, args.split, args.base_only)
+    out = Path(_OUT.value) if _OUT.value else default_out_dir(run_dir, rf.step, split, base_only)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", metrics)
-    baselines = [(spec.split("=", 1)[0], report.load_json(spec.split("=", 1)[1])) for spec in args.baseline]
-    chance = report.load_chance(data_dir) if args.split == "test" else None
+    jsonio.write_json(out / "metrics.json", metrics)
+    baselines = [(spec.split("=", 1)[0], jsonio.read_json(spec.split("=", 1)[1])) for spec in _BASELINES.value]
+    chance = report.load_chance(data_dir) if split == "test" else None
     markdown = report.results_markdown(metrics, name=name, baselines=baselines, chance=chance,
-                                       title=f"Evaluation of {run_dir} ({args.split})")
+                                       title=f"Evaluation of {run_dir} ({split})")
     (out / "results.md").write_text(markdown, encoding="utf-8")
-    write_plots(rf, run_dir, out, base_only=args.base_only)
+    write_plots(rf, run_dir, out, base_only=base_only)
     rows = [(name, metrics), *baselines] + ([("chance", chance)] if chance else [])
     print(report.generative_table(rows))
     print()
@@ -119,4 +102,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -1,4 +1,4 @@
-"""Metrics of the ten generative tasks (shared/reference/METHOD.md §8) and `score_task`.
+"""Metrics of the ten generative tasks (docs/method.md, "Evaluation") and `score_task`.
 
 Every metric takes a list of predicted strings (the decoded outputs) and a list of reference
 strings (the answers of the test rows) and returns a dict with at least

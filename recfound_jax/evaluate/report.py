@@ -8,11 +8,11 @@ A "scores" source is any of:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from recfound_jax import jsonio
 from recfound_jax.tasks import TASKS, get_task
 
 # Column orders of the paper's Table 2 (generative) and Table 3 (embedding).
@@ -24,15 +24,10 @@ MISSING = "–"
 Row = tuple[str, Mapping[str, Any]]
 
 
-def load_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file as a dict."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def load_chance(data_dir: str | os.PathLike) -> dict[str, Any] | None:
     """DATA_DIR/chance.json (written with the synthetic dataset), or None when there is none."""
     path = Path(data_dir) / CHANCE_FILE
-    return load_json(path) if path.is_file() else None
+    return jsonio.read_json(path) if path.is_file() else None
 
 
 def _number(value: Any) -> float | None:

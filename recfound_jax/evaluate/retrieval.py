@@ -1,4 +1,4 @@
-"""Retrieval metrics of the embedding tasks (shared/reference/METHOD.md §8), in JAX.
+"""Retrieval metrics of the embedding tasks (docs/method.md, "Evaluation"), in JAX.
 
 - `mrr_at_k`, `ndcg_at_k`: per-query metrics of a score matrix [n_queries, n_candidates].
 - `sampled_mrr` (U2I, Q2I: 1 positive + 19 negatives, MRR@20) and `sampled_ndcg` (I2I: the

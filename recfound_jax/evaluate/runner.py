@@ -1,4 +1,4 @@
-"""Evaluate a model on the 13 tasks of a split (shared/reference/METHOD.md §8).
+"""Evaluate a model on the 13 tasks of a split (docs/method.md, "Evaluation").
 
 `evaluate(rf, data_dir)` reads the rows with `records.load_split` and scores every task:
 

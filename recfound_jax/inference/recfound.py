@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from recfound_jax.runs import checkpoint, rundir
+from recfound_jax.runs import rundir
 from recfound_jax.data import formatting
 from recfound_jax.tasks import TASKS, Task, get_task
 from recfound_jax.inference import decoding
@@ -66,14 +65,8 @@ class RecFound:
 
         ``base_only=True`` gives the base model without adapters (the "w/o fine-tuning" model).
         """
-        run_dir = Path(run_dir)
-        if base_only:
-            model, c, step = rundir.load_model(run_dir, mesh=mesh, with_adapters=False)
-        elif step == 0 and 0 not in _checkpoint_steps(run_dir):
-            model, c = _load_initial(run_dir, mesh)
-        else:
-            model, c, step = rundir.load_model(run_dir, step, mesh=mesh)
-        return cls(model, c, _run_tokenizer(run_dir), step=step, run_dir=run_dir)
+        model, c, step = rundir.load_model(run_dir, step, mesh=mesh, with_adapters=not base_only)
+        return cls(model, c, rundir.load_tokenizer(run_dir), step=step, run_dir=run_dir)
 
     # ------------------------------------------------------------------------------------ embedding
     @property
@@ -153,36 +146,3 @@ class RecFound:
                     for t in adapters.cfg.targets]
         return np.concatenate(features, axis=1)
 
-
-def _checkpoint_steps(run_dir: Path) -> list[int]:
-    checkpointer = checkpoint.Checkpointer(run_dir)
-    try:
-        return checkpointer.steps()
-    finally:
-        checkpointer.close()
-
-
-def _load_initial(run_dir: Path, mesh) -> tuple[Mistral, ml_collections.ConfigDict]:
-    """A run's model with the adapters it started from (run_dir/initial_params)."""
-    c = rundir.read_config(run_dir)
-    info = rundir.read_run_info(run_dir)
-    base = Path(info["base"])
-    if rundir.base_fingerprint(base) != info["base_fingerprint"]:
-        raise ValueError(f"{run_dir}: the base checkpoint {base} changed since the run was made")
-    model = rundir.build_model(c, base, mesh=mesh)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    checkpointer = checkpoint.Checkpointer(run_dir)
-    try:
-        initial = checkpointer.restore_initial(params)
-    finally:
-        checkpointer.close()
-    return nnx.merge(graphdef, initial, rest), c
-
-
-def _run_tokenizer(run_dir: Path) -> Tokenizer:
-    """The tokenizer a run was trained with (run.json), else the base's own, else the default v3 file."""
-    info = rundir.read_run_info(run_dir)
-    path = info.get("tokenizer")
-    if path and Path(path).is_file():
-        return Tokenizer(path)
-    return Tokenizer(rundir.tokenizer_path(Path(info["base"])))

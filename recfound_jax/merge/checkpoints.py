@@ -5,11 +5,7 @@ item (run_dir/checkpoints/<step>/params, and run_dir/initial_params for the stat
 A leaf is read on its own with Orbax's partial restore, so at any moment the merge holds the k + 1
 values of one leaf (init and k checkpoints) plus the merged leaves done so far. Peak host memory is
 one merged trainable state, plus the k + 1 values of the largest leaf and the merge's temporaries
-for it (host and device copies, task vectors, masks: about 20 times the leaf), plus the process.
-Measured on CPU with Mistral-7B-shaped adapters (3/0/3 experts, 82.2M float32 params = 329 MB a
-checkpoint, largest leaf A [32, 6, 4096, 16] = 48 MiB), k = 3: peak RSS 1.6 GiB, of which 0.24 GiB
-is the Python/JAX process before loading and 0.31 GiB the merged state; 25 s (order "ties") and 39 s
-("released") on 2 busy CPU cores. Loading the four checkpoints whole would add about 1.2 GiB.
+for it (host and device copies, task vectors, masks), plus the process (measured: docs/benchmarks.md).
 The merged state is kept whole before it is saved because Orbax writes a checkpoint in one call.
 The base weights are never read.
 
@@ -35,6 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from tqdm.auto import tqdm
 
+from recfound_jax import jsonio
 from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.merge.ties import Method, Order, ties_merge_stream
 
@@ -134,7 +131,7 @@ def check_steps(run_dir: str | os.PathLike, steps: Sequence[int], init_step: int
     available = available_steps(run_dir)
     for step in (init_step, *steps):
         if step not in available:
-            what = "--init-step" if step == init_step else "step"
+            what = "--init_step" if step == init_step else "step"
             raise MergeError(f"{run_dir}: no checkpoint for {what} {step}; available steps: {available}"
                              + (" (0 = the initial params)" if INITIAL_STEP in available else ""))
     if len(set(steps)) != len(steps):
@@ -215,8 +212,8 @@ def write_run(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another output directory")
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(out / rundir.CONFIG_FILE, config)
-    checkpoint.write_json(out / rundir.RUN_FILE, info)
+    jsonio.write_json(out / rundir.CONFIG_FILE, config)
+    jsonio.write_json(out / rundir.RUN_FILE, info)
     checkpointer = checkpoint.Checkpointer(out)
     try:
         checkpointer.save(step, params, None, meta)
@@ -253,7 +250,7 @@ def merge_run(
                 "trim": "per released tensor"}
     merged = merge_params(run_dir, steps, init_step=init_step, density=density, lam=lam, order=order,
                           method=method, progress=progress)
-    config = checkpoint.read_json(run_dir / rundir.CONFIG_FILE)
+    config = jsonio.read_json(run_dir / rundir.CONFIG_FILE)
     info = dict(rundir.read_run_info(run_dir), merged_from=settings)
     step = max(steps)
     initial = run_dir / checkpoint.INITIAL

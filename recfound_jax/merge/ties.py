@@ -1,4 +1,4 @@
-"""TIES merging of fine-tuned checkpoints, one leaf at a time (reference/METHOD.md §7).
+"""TIES merging of fine-tuned checkpoints, one leaf at a time (docs/method.md, "TIES").
 
 Task vectors tau_k = theta_k - theta_init are merged leaf by leaf:
 
@@ -49,7 +49,7 @@ def top_magnitude_mask(x: jax.Array, keep: int) -> jax.Array:
 
     Entries tied at the threshold are taken in index order (lower index first, as lax.top_k).
     The threshold is the keep-th largest |x| of the row, found by a binary search over the float32
-    bit patterns (31 counting passes); on CPU this is about ten times faster than a sort or lax.top_k.
+    bit patterns (31 counting passes), which on CPU is faster than a sort or lax.top_k (docs/benchmarks.md).
     """
     size = x.shape[-1]
     if keep >= size:
@@ -125,7 +125,7 @@ def _merge_leaf(
     tensors = math.prod(init.shape[:batch_dims])
     base = init.astype(jnp.float32).reshape(tensors, -1)
     # The k task vectors stay a list reduced with Python sums: on CPU, XLA's concatenate and reduction
-    # over a stacked [k, ...] axis cost thirty times more than elementwise sums.
+    # over a stacked [k, ...] axis cost far more than elementwise sums (docs/benchmarks.md).
     taus = [leaf.astype(jnp.float32).reshape(tensors, -1) - base for leaf in finetuned]
     if method == "linear":
         delta = sum(taus) / len(taus)

@@ -8,7 +8,7 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from recfound_jax import config as config_lib
+from recfound_jax import config as config_lib, recipes
 from recfound_jax.data import formatting
 from recfound_jax.demo import pretrain, synthetic
 from recfound_jax.runs import rundir
@@ -16,11 +16,11 @@ from recfound_jax.tokenizer import Tokenizer
 
 
 def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: bool = True) -> Path:
-    """The base checkpoint directory; "demo" builds (once) the tiny pretrained base, with progress bars
-    unless ``progress`` is False."""
+    """The base checkpoint directory; "demo" builds (once) the tiny base of the recipe model.base_recipe,
+    with progress bars unless ``progress`` is False."""
     if c.model.base != "demo":
         return Path(c.model.base).absolute()
-    base_config = config_lib.load_config_file(rundir.DEMO_BASE_CONFIG)
+    base_config = recipes.load(c.model.base_recipe)
     return Path(pretrain.ensure_base(base_config, progress=progress) if build else pretrain.base_dir(base_config))
 
 
