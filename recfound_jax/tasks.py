@@ -1,6 +1,6 @@
 """The 13 RecFound tasks: the one registry every other module reads.
 
-Ids, names, kinds and metrics are the released ones (shared/reference/METHOD.md §1).
+Ids, names, kinds and metrics are the released ones (docs/method.md, "Tasks").
 The task-embedding table has one more row than there are tasks: id 13 is "none".
 """
 from __future__ import annotations

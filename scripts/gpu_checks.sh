@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks still open for issue #7, in one call of the device tool (about 8 minutes on an H100):
+# The GPU checks still open for issue #7, in one call of the device tool (its run time: docs/benchmarks.md):
 #   1. train-step variants not yet measured on a GPU: packed Threefry masks, one q/k/v mask, Triton GEMMs
 #      (scripts/profile_gpu.py), against the full step in the same process;
 #   2. the LM head's cross-entropy in the train step's form against autodiff (scripts/bench_lm_head.py);

@@ -49,7 +49,7 @@ def _np_ties(init: np.ndarray, finetuned: list[np.ndarray], density: float, lam:
 
 
 def _np_released(init: np.ndarray, finetuned: list[np.ndarray], density: float, lam: float) -> np.ndarray:
-    """The released order (METHOD.md §7): elect on untrimmed, zero disagreeing, trim, mean over agreeing."""
+    """The released order (docs/method.md, "TIES"): elect on untrimmed, zero disagreeing, trim, mean over agreeing."""
     keep = keep_count(init.size, density)
     tau = np.stack([(f - init).ravel() for f in finetuned]).astype(np.float64)
     elected = np.sign(tau.sum(0))

@@ -1,6 +1,6 @@
 """GritLM prompt formats, tokenization with exact prefix lengths, labels, truncation, tokenized tables.
 
-Formats (shared/reference/METHOD.md §3; plain text, nothing added to the vocabulary; ``<s>``/``</s>``
+Formats (docs/method.md, "Formats"; plain text, nothing added to the vocabulary; ``<s>``/``</s>``
 are the BOS/EOS ids, never text):
 
 - embedding: ``<s><|user|>\\n{instruction stripped of "\\t\\n :"}\\n<|embed|>\\n{text}``, or

@@ -1,4 +1,4 @@
-"""Read and validate the released RecFound JSONL rows (shared/reference/METHOD.md §2).
+"""Read and validate the released RecFound JSONL rows (docs/method.md, "Data").
 
 Two row kinds, told apart by the task's kind:
 
