@@ -7,6 +7,7 @@ added as ids, so ``<|user|>`` or ``<|embed|>`` in text are plain characters, as 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,10 +18,11 @@ _V3_FILE = "mistral_instruct_tokenizer_240323.model.v3"
 
 
 def default_tokenizer_path() -> Path:
-    """Path of the Mistral v3 SentencePiece model shipped inside ``mistral-common``."""
-    import mistral_common
-
-    path = Path(os.path.dirname(mistral_common.__file__)) / "data" / _V3_FILE
+    """Path of the Mistral v3 SentencePiece model shipped inside ``mistral-common`` (found, not imported)."""
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the mistral-common package is not installed: it ships the default tokenizer")
+    path = Path(spec.submodule_search_locations[0]) / "data" / _V3_FILE
     if not path.is_file():
         raise FileNotFoundError(f"mistral-common does not ship {_V3_FILE} (looked at {path})")
     return path

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,7 +21,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from recfound_jax import config as config_lib, parallel
+try:
+    from tensorboardX import SummaryWriter
+except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+    SummaryWriter = None
+
+from recfound_jax import config as config_lib, jsonio, parallel
 from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.data import batching, formatting
 from recfound_jax.evaluate.runner import evaluate_subset
@@ -55,19 +59,11 @@ def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
 
-def _batch_config(c: ml_collections.ConfigDict, emb: int, gen: int, seed: int,
-                  share: tuple[int, int] = (0, 1)) -> batching.BatchConfig:
-    """Batch settings; ``share`` = (index, count) of this process's block of the global batch."""
-    return batching.BatchConfig(embedding_batch_size=emb, generative_batch_size=gen, query_len=c.data.query_len,
-                                passage_len=c.data.passage_len, generative_len=c.data.generative_len, seed=seed,
-                                process_index=share[0], process_count=share[1])
-
-
 def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit) -> tuple[dict, dict]:
     """The fixed probe sets: ``s2sched.probe_size`` validation samples of every task, with task_index."""
     n = c.s2sched.probe_size
-    cfg = dataclasses.replace(_batch_config(c, n * len(EMBEDDING_TASKS), n * len(GENERATIVE_TASKS), c.seed + 1),
-                              process_index=0, process_count=1)
+    cfg = batching.BatchConfig.from_config(c, embedding_batch_size=n * len(EMBEDDING_TASKS),
+                                           generative_batch_size=n * len(GENERATIVE_TASKS), seed=c.seed + 1)
     for kind, table, tasks in (("embedding", valid.embedding, EMBEDDING_TASKS),
                                ("generative", valid.generative, GENERATIVE_TASKS)):
         missing = [t.name for t in tasks if not np.any(table.task_ids == t.id)]
@@ -81,10 +77,7 @@ def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit
 
 
 def _schedulers(c: ml_collections.ConfigDict) -> tuple[S2Sched, S2Sched]:
-    s = c.s2sched
-    sched_cfg = S2SchedConfig(enabled=s.enabled, window=s.window, tau=s.tau, warmup_ratio=s.warmup_ratio,
-                              warmup_steps=None if s.warmup_steps < 0 else s.warmup_steps,
-                              probe_size=s.probe_size, update_every=s.update_every, floor=s.floor)
+    sched_cfg = S2SchedConfig.from_config(c.s2sched)
     return (S2Sched(sched_cfg, [t.id for t in EMBEDDING_TASKS], c.train.embedding_batch, c.train.steps),
             S2Sched(sched_cfg, [t.id for t in GENERATIVE_TASKS], c.train.generative_batch, c.train.steps))
 
@@ -109,7 +102,7 @@ def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool
         if replace:
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json(config_file, config_lib.to_dict(c))
+        jsonio.write_json(config_file, config_lib.to_dict(c))
     _sync_processes("prepare_workdir_written")
 
 
@@ -143,12 +136,7 @@ class MetricsLog:
                     if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")
-        try:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-            self.board = SummaryWriter(str(workdir / "tensorboard"))
-        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
-            self.board = None
+        self.board = SummaryWriter(str(workdir / "tensorboard")) if SummaryWriter is not None else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is None:
@@ -214,9 +202,9 @@ class Trainer:
             learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio)
         self.state = self._init_state()
         self.batch_share = parallel.batch_share(self.mesh)
-        self.batcher = batching.Batcher(self.inputs.train, _batch_config(c, c.train.embedding_batch,
-                                                                         c.train.generative_batch, c.seed,
-                                                                         self.batch_share))
+        self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
+            c, embedding_batch_size=c.train.embedding_batch, generative_batch_size=c.train.generative_batch,
+            seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
         self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
         self.sched_emb, self.sched_gen = _schedulers(c)
         self.key = jax.random.key(c.seed)
@@ -231,10 +219,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _init_state(self) -> dict[str, Any]:
-        params = self.parts.params
-        opt_state = jax.jit(self.optimizer.init)(params)
-        step = jnp.zeros((), jnp.int32)
-        state = {"params": params, "opt_state": opt_state, "step": step}
+        state = jax.jit(lambda params: step_lib.init_train_state(params, self.optimizer))(self.parts.params)
         # Commit every leaf to its sharding, so the first and later steps hit the same compiled step.
         return jax.device_put(state, jax.tree.map(
             lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding)
@@ -254,8 +239,7 @@ class Trainer:
                                     if k != "task_index"}
         rep = parallel.replicated(self.mesh)
         budget = min(answer_budget(self.inputs.train, self.inputs.valid), c.data.generative_len - 1)
-        opts = step_lib.StepOptions(temperature=c.train.temperature, gradcache_chunk=c.train.gradcache_chunk,
-                                    generative_micro_batch=c.train.generative_micro_batch, answer_budget=budget)
+        opts = step_lib.StepOptions.from_config(c, answer_budget=budget)
         self.train_step = jax.jit(parallel.under_mesh(step_lib.make_train_step(self.parts, self.optimizer, opts),
                                                       self.mesh),
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
@@ -266,7 +250,7 @@ class Trainer:
 
     def _begin(self) -> None:
         if jax.process_index() == 0:
-            checkpoint.write_json(self.workdir / rundir.RUN_FILE, {
+            jsonio.write_json(self.workdir / rundir.RUN_FILE, {
                 "base": str(self.inputs.base), "base_fingerprint": rundir.base_fingerprint(self.inputs.base),
                 "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
                 "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
@@ -362,7 +346,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         summary = self._summary(step, last, skipped, tokens_total, elapsed)
         if jax.process_index() == 0:
-            checkpoint.write_json(self.workdir / SUMMARY_FILE, summary)
+            jsonio.write_json(self.workdir / SUMMARY_FILE, summary)
         self.metrics.close()
         self.checkpointer.close()
         return summary
