@@ -247,5 +247,5 @@ def test_routing_is_each_tasks_masked_softmax_over_experts(rf):
                 p = np.where(allowed, np.exp(logits - logits[allowed].max()), 0.0)
                 blocks.append(p / p.sum())
         np.testing.assert_allclose(got[i], np.concatenate(blocks), rtol=1e-5, atol=1e-7)
-    sub = rf.routing(["SR", 0])
-    np.testing.assert_allclose(sub, got[[get_task("SR").id, 0]])
+    sub = rf.routing(["SR", 0])  # a batch of 2 compiles to other kernels than 13: float32 rounding differs
+    np.testing.assert_allclose(sub, got[[get_task("SR").id, 0]], rtol=1e-6, atol=1e-8)
