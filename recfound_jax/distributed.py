@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import jax
 

@@ -31,8 +31,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU in --gpu mode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,11 +43,11 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from recfound_jax import config as config_lib
-from recfound_jax.tasks import get_task  # noqa: E402
-from recfound_jax.inference.decoding import GreedyGenerator  # noqa: E402
 from recfound_jax.inference import EmbeddingEncoder, RecFound  # noqa: E402
+from recfound_jax.inference.decoding import GreedyGenerator  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
+from recfound_jax.tasks import get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN_TASK = get_task("Sequential_Recommendation").id

@@ -19,8 +19,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_s2sched  # noqa: E402
 
 from recfound_jax import config as config_lib  # noqa: E402
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
 SMALL = MistralConfig(vocab_size=32768, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8,

@@ -1,4 +1,5 @@
-"""GPU check: the model's cuDNN attention path against the XLA path (bf16, right-padded batch, causal and bidirectional).
+"""GPU check: the model's cuDNN attention path against the XLA path (bf16, right-padded batch, causal and
+bidirectional).
 
     python scripts/check_cudnn.py      # prints one table; run on a GPU
 """
@@ -38,7 +39,8 @@ def main() -> None:
         b = jax.jit(lambda m, i, k: m.hidden_states(i, k, task_ids=tasks, causal=causal))(cudnn, ids, mask)
         real = np.asarray(mask, bool)
         diff = np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))[real].max()
-        print(f"| {'causal' if causal else 'bidirectional'} | {diff:.4f} | {np.abs(np.asarray(a, np.float32)).max():.2f} |")
+        largest = np.abs(np.asarray(a, np.float32)).max()
+        print(f"| {'causal' if causal else 'bidirectional'} | {diff:.4f} | {largest:.2f} |")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recfound_jax import config as config_lib, parallel  # noqa: E402
+from recfound_jax import config as config_lib  # noqa: E402
+from recfound_jax import parallel  # noqa: E402
 from recfound_jax.config import REMAT_POLICIES  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402

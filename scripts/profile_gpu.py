@@ -26,8 +26,8 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,14 +41,13 @@ if "--trace" in sys.argv:  # one trace event per kernel, not one per CUDA graph 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import trace_summary  # noqa: E402  (scripts/trace_summary.py)
 from flax import nnx  # noqa: E402
 
 from recfound_jax import config as config_lib  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
-
-import trace_summary  # noqa: E402  (scripts/trace_summary.py)
 
 CFG = MistralConfig(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
                     num_kv_heads=8, head_dim=128)

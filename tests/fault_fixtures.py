@@ -18,7 +18,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from recfound_jax import config as config_lib
 from recfound_jax.demo import synthetic
@@ -173,9 +175,6 @@ def assert_same_steps(reference: list[dict], other: list[dict], keys: tuple[str,
 
 def orbax_arrays(directory: Path) -> dict[str, np.ndarray]:
     """Every array of an Orbax pytree folder (a checkpoint item, initial_params), by path, read with no target."""
-    import jax  # noqa: PLC0415
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
     with ocp.PyTreeCheckpointer() as checkpointer, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sharding info not provided")  # one device: nothing to lose
         tree = checkpointer.restore(Path(directory).absolute())

@@ -26,11 +26,13 @@ def _records():
         for i in range(n):
             pos = tuple(("Item", f"{task.short} positive {i}.{j} " + "word " * (i * 3)) for j in range(1 + i % 3))
             neg = tuple(("Item", f"{task.short} negative {i}.{j}") for j in range(i % 2 * (1 + i % 3)))
-            rows.append(EmbeddingRecord(task.name, task.id, ("Represent", f"{task.short} query {i} " + "x " * i), pos, neg))
+            query = ("Represent", f"{task.short} query {i} " + "x " * i)
+            rows.append(EmbeddingRecord(task.name, task.id, query, pos, neg))
     for task_id, n in GEN_SIZES.items():
         task = next(t for t in GENERATIVE_TASKS if t.id == task_id)
         for i in range(n):
-            rows.append(GenerativeRecord(task.name, task.id, ((f"{task.short} prompt {i} " + "p " * i, f"answer {i}"),)))
+            turn = (f"{task.short} prompt {i} " + "p " * i, f"answer {i}")
+            rows.append(GenerativeRecord(task.name, task.id, (turn,)))
     return rows
 
 
@@ -45,7 +47,8 @@ def data(tok) -> formatting.TokenizedSplit:
 
 
 def _config(**kw) -> BatchConfig:
-    base = dict(embedding_batch_size=6, generative_batch_size=4, query_len=24, passage_len=32, generative_len=40, seed=3)
+    base = dict(embedding_batch_size=6, generative_batch_size=4, query_len=24, passage_len=32, generative_len=40,
+                seed=3)
     return BatchConfig(**{**base, **kw})
 
 

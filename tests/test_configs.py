@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from recfound_jax import config as config_lib, recipes
+from recfound_jax import config as config_lib
+from recfound_jax import recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = recipes.names()

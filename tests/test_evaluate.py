@@ -16,9 +16,12 @@ import pytest
 
 from recfound_jax.data import records
 from recfound_jax.demo import synthetic
-from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.evaluate import plots, report, runner
-from recfound_jax.evaluate.__main__ import main
+from recfound_jax.evaluate.__main__ import default_out_dir, main
+from recfound_jax.inference.recfound import RecFound
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASKS, get_task
+from recfound_jax.train.trainer import train
 from tests.train_fixtures import tiny_config, write_tiny_base
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,8 +32,6 @@ def make_tiny_run(root: Path) -> Path:
     run_dir = root / "tiny_run"
     if (run_dir / "summary.json").is_file():
         return run_dir
-    from recfound_jax.train.trainer import train  # noqa: PLC0415
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECFOUND_CACHE", str(root / "cache"))
         base = write_tiny_base(root / "tiny_base")
@@ -235,17 +236,12 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
 
 
 def test_default_out_dir_names():
-    from recfound_jax.evaluate.__main__ import default_out_dir  # noqa: PLC0415
-
     assert default_out_dir(Path("r"), 30, "test", False) == Path("r/eval/30")
     assert default_out_dir(Path("r"), None, "test", True) == Path("r/eval/base")
     assert default_out_dir(Path("r"), 30, "valid", False) == Path("r/eval/30-valid")
 
 
 def test_evaluate_subset_returns_finite_scores(run_dir):
-    from recfound_jax.runs import rundir  # noqa: PLC0415
-    from recfound_jax.inference.recfound import RecFound  # noqa: PLC0415
-
     rf = RecFound.from_run(run_dir)
     data = rundir.read_run_info(run_dir)["data"]
     scores = runner.evaluate_subset(rf, data, limit_per_task=2, max_new_tokens=2)

@@ -12,10 +12,10 @@ import torch
 import transformers
 
 from recfound_jax.convert import export
-from recfound_jax.runs import rundir
-from recfound_jax.data.formatting import Formatter
-from recfound_jax.tasks import get_task
 from recfound_jax.convert.hf import load_hf
+from recfound_jax.data.formatting import Formatter
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import get_task
 from recfound_jax.tokenizer import Tokenizer
 from tests.train_fixtures import tiny_config, write_model_run, write_tiny_base
 

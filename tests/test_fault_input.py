@@ -12,15 +12,16 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from recfound_jax import jsonio
-from recfound_jax.runs import checkpoint
+from recfound_jax.convert.hf import load_hf
 from recfound_jax.data import records
 from recfound_jax.data.records import EmbeddingRecord, GenerativeRecord, RecordError
+from recfound_jax.runs import checkpoint
 from recfound_jax.tasks import TASKS
-from recfound_jax.convert.hf import load_hf
 from recfound_jax.tokenizer import Tokenizer
 from recfound_jax.train.trainer import Trainer
 from tests import fault_fixtures as ff

@@ -9,10 +9,11 @@ import safetensors.torch
 import torch
 
 from recfound_jax.convert import released as import_released
-from recfound_jax.runs import rundir
-from recfound_jax.tasks import get_task
 from recfound_jax.convert import safetensors_io
 from recfound_jax.convert.hf import folded_weights
+from recfound_jax.inference.recfound import RecFound
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import get_task
 from tests.train_fixtures import TINY_BASE, write_tiny_base
 
 PROJ_DIMS = TINY_BASE.projection_dims()  # {p: (d_in, d_out)}
@@ -118,8 +119,6 @@ def test_run_directory_is_complete(base, imported):
     assert info["base"] == str(base.absolute()) and info["base_fingerprint"] == rundir.base_fingerprint(base)
     assert info["imported_from"]["adapter_dtypes"] == ["F32"]
     assert (imported / "initial_params").is_dir()
-    from recfound_jax.inference.recfound import RecFound
-
     rf = RecFound.from_run(imported)
     assert rf.step == 0
 

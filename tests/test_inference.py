@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from recfound_jax.runs import rundir
+import recfound_jax
 from recfound_jax.data.formatting import IGNORE_INDEX, Formatter
-from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.inference.recfound import RecFound
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.train import inputs
 from recfound_jax.train.trainer import train
 from tests.train_fixtures import tiny_config, write_tiny_base
@@ -47,12 +48,10 @@ def _leaves(tree) -> list[np.ndarray]:
 
 
 def test_the_package_exposes_the_inference_api(run_dir):
-    import recfound_jax
-
     assert recfound_jax.RecFound is RecFound and "RecFound" in recfound_jax.__all__
     assert isinstance(recfound_jax.RecFound.from_run(run_dir), RecFound)
     with pytest.raises(AttributeError, match="no attribute 'Recfound'"):
-        recfound_jax.Recfound
+        _ = recfound_jax.Recfound
 
 
 # ------------------------------------------------------------------------------------ formats

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
+from recfound_jax.data.formatting import IGNORE_INDEX, format_generative
 from recfound_jax.demo import instruct
 from recfound_jax.demo import pretrain as pt
-from recfound_jax.data.formatting import IGNORE_INDEX, format_generative
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
 from recfound_jax.tokenizer import Tokenizer
 

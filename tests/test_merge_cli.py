@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.merge import ties_merge
 from recfound_jax.merge.__main__ import main as merge_main
 from recfound_jax.merge.checkpoints import MergeError, merge_run
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.train.trainer import train
 from tests.train_fixtures import tiny_config, write_tiny_base
 

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-from recfound_jax.tasks import GENERATIVE_TASKS
 from recfound_jax.evaluate import metrics
-
+from recfound_jax.tasks import GENERATIVE_TASKS
 
 # ---------------------------------------------------------------- SR
 
@@ -197,9 +198,6 @@ _VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
     """A random 2-layer BERT and its WordPiece tokenizer saved to a local directory."""
-    import torch  # noqa: PLC0415 (test extras: always installed)
-    import transformers  # noqa: PLC0415
-
     path = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(_VOCAB)},
                                            model_max_length=16)
@@ -215,9 +213,6 @@ def tiny_bert(tmp_path_factory) -> str:
 def _reference_bertscore(pairs: list[tuple[str, str]], path: str, layer: int) -> np.ndarray:
     """Per pair (P, R, F1), each text embedded alone (no padding); as bert-score: every token is a
     match target, the means skip [CLS] and [SEP] (the first and last positions)."""
-    import torch
-    import transformers
-
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path).eval()
 
@@ -259,8 +254,6 @@ def test_bertscore_through_score_task_and_errors(tiny_bert, tmp_path):
 
 
 def test_bertscore_tokenizer_adds_prefix_space_to_byte_level_bpe(tmp_path, tiny_bert):
-    import transformers  # noqa: PLC0415
-
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "Ġ": 5, "c": 6, "a": 7,
              "t": 8, "at": 9, "cat": 10, "Ġc": 11, "Ġcat": 12}
     merges = [("Ġ", "c"), ("a", "t"), ("Ġc", "at"), ("c", "at")]

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from recfound_jax import parallel
-from recfound_jax import tasks
-from recfound_jax.model import attention
+from recfound_jax import parallel, tasks
 from recfound_jax.convert.hf import folded_weights
+from recfound_jax.model import attention
 from recfound_jax.model.mistral import Mistral, MistralConfig, head_logits
-from recfound_jax.model.tmole import TMoLEConfig, dropout_keep_mask, expert_deltas, folded_delta, kept_fraction
+from recfound_jax.model.tmole import (
+    TMoLEConfig,
+    _threefry16_draws,
+    dropout_keep_mask,
+    expert_deltas,
+    folded_delta,
+    kept_fraction,
+)
 
 CFG = MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rope_theta=1e4)
@@ -210,8 +216,6 @@ def test_dropout_keep_mask_rate_and_determinism(rng):
 def test_threefry16_draws_are_threefry_64_bit_words_in_quarters():
     """Each 64-bit Threefry word (jax.random.bits' own, counted by flat index over [rows, ceil(n / 4)]) gives
     four 16-bit draws, high half first; a last axis n that is not a multiple of 4 drops its last word's tail."""
-    from recfound_jax.model.tmole import _threefry16_draws  # noqa: PLC0415
-
     key = jax.random.key(11)
     for n in (20, 18, 9):
         with jax.enable_x64(True), jax.threefry_partitionable(True):

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from recfound_jax import parallel
-from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model import tmole
+from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.train import step as step_lib
 from tests.train_fixtures import step_options

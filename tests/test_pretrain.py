@@ -13,7 +13,8 @@ import torch
 import transformers
 from flax import nnx
 
-from recfound_jax import config as config_lib, load_hf, recipes
+from recfound_jax import config as config_lib
+from recfound_jax import load_hf, recipes
 from recfound_jax.data import formatting
 from recfound_jax.demo import pretrain as pt
 from recfound_jax.demo import synthetic, synthetic_world
@@ -172,7 +173,8 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     summary = pt.run_instruct_stage(Mistral(pt.model_config(config), rngs=nnx.Rngs(0)), config, data_dir,
                                     Tokenizer(), progress=False)
     held_out = {formatting.input_text(row["text"][0]) for split in ("valid", "test")
-                for row in map(json.loads, (data_dir / split / "Product_Relation_Prediction.jsonl").read_text().splitlines())}
+                for row in map(json.loads,
+                               (data_dir / split / "Product_Relation_Prediction.jsonl").read_text().splitlines())}
     drawn = synthetic.extra_train_rows(synthetic_world.build_world(1, 0), "PRP", 300, config.instruct.seed)
     clashing = sum(formatting.input_text(row["text"][0]) in held_out for row in drawn)
     assert clashing > 0, "PRP's product pairs recur, so some drawn rows are held-out inputs"

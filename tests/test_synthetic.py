@@ -11,8 +11,8 @@ import pytest
 
 from recfound_jax.data import records
 from recfound_jax.demo import synthetic as syn
-from recfound_jax.evaluate import chance
 from recfound_jax.demo import synthetic_world as sw
+from recfound_jax.evaluate import chance
 from recfound_jax.tasks import BY_SHORT, TASKS, get_task
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from recfound_jax.inference import encoding
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
-from recfound_jax.inference import encoding
-from recfound_jax.train import losses, step as step_lib
+from recfound_jax.train import losses
+from recfound_jax.train import step as step_lib
 from tests.train_fixtures import step_options
 
 CFG = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
@@ -61,8 +62,10 @@ def _gen_batch(size=4, length=8, seed=0):
 
 def test_info_nce_matches_numpy():
     rng = np.random.default_rng(0)
-    q = rng.normal(size=(3, 5)); q /= np.linalg.norm(q, axis=1, keepdims=True)
-    p = rng.normal(size=(6, 5)); p /= np.linalg.norm(p, axis=1, keepdims=True)
+    q = rng.normal(size=(3, 5))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    p = rng.normal(size=(6, 5))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
     scores = q @ p.T / 0.02
     expected = np.mean([np.log(np.exp(s - s.max()).sum()) + s.max() - s[2 * i] for i, s in enumerate(scores)])
     np.testing.assert_allclose(losses.info_nce(jnp.asarray(q), jnp.asarray(p), 0.02), expected, rtol=1e-5)
@@ -116,7 +119,8 @@ def test_generative_micro_batches_equal_whole_batch():
 def test_step_trains_adapters_and_never_the_base():
     model = _model(dropout=0.1)
     parts = step_lib.ModelParts.of(model)
-    assert not any(isinstance(v, nnx.Param) for v in jax.tree.leaves(parts.base, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    leaves = jax.tree.leaves(parts.base, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert not any(isinstance(v, nnx.Param) for v in leaves)
     optimizer = step_lib.make_optimizer(learning_rate=1e-2, total_steps=10, warmup_ratio=0.0, weight_decay=0.0,
                                         grad_clip=1.0)
     state = step_lib.init_train_state(parts.params, optimizer)
@@ -130,7 +134,8 @@ def test_step_trains_adapters_and_never_the_base():
         losses_seen.append(float(metrics["loss"]))
         assert int(metrics["finite"]) == 1
     chex.assert_trees_all_equal(jax.tree.map(np.array, parts.base), base_before)
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params_before, jax.tree.map(np.array, state["params"]))
+    params_after = jax.tree.map(np.array, state["params"])
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params_before, params_after)
     assert all(jax.tree.leaves(changed))
     assert losses_seen[-1] < losses_seen[0]
     assert int(state["step"]) == 5

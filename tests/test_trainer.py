@@ -40,7 +40,8 @@ def test_twenty_steps_losses_fall_and_everything_is_logged(base, tmp_path):
     assert last < first
     assert summary["completed"] and summary["steps"] == 20
     assert summary["checkpoints"] == [10, 20]
-    falling = [t for t in summary["probe_loss_final"] if summary["probe_loss_final"][t] < summary["probe_loss_initial"][t]]
+    final, initial = summary["probe_loss_final"], summary["probe_loss_initial"]
+    falling = [t for t in final if final[t] < initial[t]]
     assert len(falling) >= 10, summary
     assert (tmp_path / "run" / checkpoint.INITIAL).is_dir()
 

@@ -18,10 +18,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from recfound_jax import jsonio, parallel
-from recfound_jax.tasks import get_task
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, folded_delta
+from recfound_jax.tasks import get_task
 
 # Stacked weight kind -> HF tensor name template (one tensor per layer).
 LAYER_KEYS = {
@@ -105,7 +105,8 @@ def _check_tensors(path: Path, infos: dict[str, st.TensorInfo], cfg: MistralConf
     expected = expected_tensors(cfg)
     missing = sorted(set(expected) - set(infos))
     if missing:
-        raise ValueError(f"{path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{path}: missing tensor {missing[0]}{more}")
     unexpected = sorted(n for n in set(infos) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
     if unexpected:
         raise ValueError(f"{path}: unexpected tensor {unexpected[0]} for a {cfg.num_layers}-layer Mistral config")
@@ -172,7 +173,8 @@ def _init_adapters(cfg: MistralConfig, tmole: TMoLEConfig, seed: int, mesh: Mesh
     if mesh is not None:
         graphdef, state = nnx.split(adapters)
         shardings = jax.tree_util.tree_map_with_path(
-            lambda p, x: jax.sharding.NamedSharding(mesh, parallel.spec_for("adapters/" + parallel.path_str(p), x.shape, mesh)),
+            lambda p, x: jax.sharding.NamedSharding(
+                mesh, parallel.spec_for("adapters/" + parallel.path_str(p), x.shape, mesh)),
             state)
         adapters = nnx.merge(graphdef, jax.device_put(state, shardings))
     return adapters

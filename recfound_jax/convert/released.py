@@ -39,14 +39,15 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from recfound_jax import cli, config as config_lib, jsonio
-from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASK_TABLE_SIZE
-from recfound_jax.merge.checkpoints import key_name, write_run
+from recfound_jax import cli, jsonio
+from recfound_jax import config as config_lib
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.convert.hf import read_config as read_hf_config
+from recfound_jax.merge.checkpoints import key_name, write_run
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.model.tmole import TMoLEConfig
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASK_TABLE_SIZE
 from recfound_jax.tokenizer import default_tokenizer_path
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -35,7 +35,8 @@ same data that loads it yields exactly the batches the first would have yielded.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -133,7 +134,8 @@ class TaskPool:
     def load_state(self, state: Sequence[int]) -> None:
         epoch, position, size = (int(x) for x in state)
         if size != len(self.rows) or not 0 <= position < max(size, 1):
-            raise ValueError(f"pool of task {self.task_id}: state {list(state)} does not fit a pool of {len(self.rows)}")
+            raise ValueError(f"pool of task {self.task_id}: state {list(state)} "
+                             f"does not fit a pool of {len(self.rows)}")
         self.epoch, self.position, self._order = epoch, position, None
 
 
@@ -212,7 +214,8 @@ class Batcher:
         self.config = config
         emb, gen = data.embedding.task_ids, data.generative.task_ids
         self.embedding_pools = {t.id: TaskPool(t.id, np.flatnonzero(emb == t.id), config.seed) for t in EMBEDDING_TASKS}
-        self.generative_pools = {t.id: TaskPool(t.id, np.flatnonzero(gen == t.id), config.seed) for t in GENERATIVE_TASKS}
+        self.generative_pools = {t.id: TaskPool(t.id, np.flatnonzero(gen == t.id), config.seed)
+                                 for t in GENERATIVE_TASKS}
         self.embedding_step = 0
         self._embedding_lengths = data.embedding.seqs.lengths
         self._generative_lengths = data.generative.seqs.lengths

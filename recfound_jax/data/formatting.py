@@ -44,8 +44,9 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class TruncationStats:
     answer_cut: int = 0  # generative: the last answer's tail
     tokens_removed: int = 0
 
-    def merge(self, other: "TruncationStats") -> None:
+    def merge(self, other: TruncationStats) -> None:
         """Add ``other``'s counts to these."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
@@ -86,7 +87,7 @@ class TruncationStats:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> "TruncationStats":
+    def from_dict(cls, d: dict[str, int]) -> TruncationStats:
         return cls(**d)
 
 
@@ -274,7 +275,7 @@ class Ragged:
         return self.data[self.offsets[i]: self.offsets[i + 1]]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Sequence[int]], dtype: Any) -> "Ragged":
+    def from_rows(cls, rows: Sequence[Sequence[int]], dtype: Any) -> Ragged:
         """Pack Python lists of ints."""
         lengths = np.fromiter((len(r) for r in rows), np.int64, count=len(rows))
         offsets = np.zeros(len(rows) + 1, np.int64)
@@ -283,7 +284,7 @@ class Ragged:
         return cls(data, offsets)
 
     @classmethod
-    def concat(cls, parts: Sequence["Ragged"], dtype: Any) -> "Ragged":
+    def concat(cls, parts: Sequence[Ragged], dtype: Any) -> Ragged:
         """One Ragged holding the rows of ``parts`` in order."""
         if not parts:
             return cls(np.zeros(0, dtype), np.zeros(1, np.int64))
@@ -362,7 +363,7 @@ class TokenizedSplit:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenizedSplit":
+    def load(cls, path: str | Path) -> TokenizedSplit:
         """Read what :meth:`save` wrote."""
         with np.load(path, allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}

@@ -26,8 +26,9 @@ import collections
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from recfound_jax import tasks as tasks_lib
 
@@ -152,7 +153,7 @@ class LoadReport:
                 for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoadReport":
+    def from_dict(cls, d: dict[str, Any]) -> LoadReport:
         """Inverse of :meth:`to_dict`."""
         kwargs = dict(d)
         for f in dataclasses.fields(cls):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,11 @@ class AnswerRows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, index: np.ndarray) -> "AnswerRows":
+    def take(self, index: np.ndarray) -> AnswerRows:
         """The rows at ``index``."""
         return AnswerRows(*(a[index] for a in dataclasses.astuple(self)))
 
-    def padded(self, length: int) -> "AnswerRows":
+    def padded(self, length: int) -> AnswerRows:
         """The same rows right-padded to ``length`` tokens (at least their current length)."""
         extra = length - self.ids.shape[1]
         if extra < 0:
@@ -59,7 +59,7 @@ class AnswerRows:
         pad = lambda a: np.pad(a, ((0, 0), (0, extra)))
         return dataclasses.replace(self, ids=pad(self.ids), mask=pad(self.mask))
 
-    def batch(self, index: np.ndarray) -> "AnswerBatch":
+    def batch(self, index: np.ndarray) -> AnswerBatch:
         """The rows at ``index`` as an `AnswerBatch`: every row's K slots, empty ones included (weight 0)."""
         rows = self.take(index)
         row_starts = np.arange(len(rows), dtype=np.int32)[:, None] * rows.ids.shape[1]
@@ -83,7 +83,8 @@ class AnswerBatch:
 
 
 def concat_batches(parts: Sequence[AnswerBatch]) -> AnswerBatch:
-    """One batch of the rows of ``parts`` in order (all of one row length); each part's index is shifted past the rows before it."""
+    """One batch of the rows of ``parts`` in order (all of one row length); each part's index is shifted past
+    the rows before it."""
     grid = parts[0].ids.shape[1]
     row_offsets = np.cumsum([0] + [len(part.ids) for part in parts[:-1]])
     return AnswerBatch(np.concatenate([part.ids for part in parts]), np.concatenate([part.mask for part in parts]),
@@ -121,7 +122,8 @@ def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None 
 
 
 def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array) -> jax.Array:
-    """Logits [N, vocab] (float32) at the flat answer positions ``index`` of the [B * T] grid: the LM head runs there only."""
+    """Logits [N, vocab] (float32) at the flat answer positions ``index`` of the [B * T] grid: the LM head runs
+    there only."""
     hidden = model.hidden_states(ids, mask)
     return model.logits_at(hidden.reshape(1, -1, hidden.shape[-1]), index[None])[0]
 

@@ -18,8 +18,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +30,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from recfound_jax import cli, config as config_lib, jsonio, recipes
-from recfound_jax.runs.atomic_dir import build_dir_atomically
-from recfound_jax.demo import instruct
-from recfound_jax.data import formatting
-from recfound_jax.demo import synthetic, synthetic_world
-from recfound_jax.tasks import BY_SHORT, GENERATIVE_TASKS
+from recfound_jax import cli, jsonio, recipes
+from recfound_jax import config as config_lib
 from recfound_jax.convert.hf import save_hf
+from recfound_jax.data import formatting
+from recfound_jax.demo import instruct, synthetic, synthetic_world
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
+from recfound_jax.runs.atomic_dir import build_dir_atomically
+from recfound_jax.tasks import BY_SHORT, GENERATIVE_TASKS
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
 PRETRAIN_VERSION = "2"  # part of the cache key: bump when the recipe's code changes what it builds
@@ -59,7 +59,8 @@ def model_config(config: ConfigDict) -> MistralConfig:
 
 
 def config_hash(config: ConfigDict) -> str:
-    """A short hash of everything that decides the trained weights (model, data, train, instruct) and the recipe version."""
+    """A short hash of everything that decides the trained weights (model, data, train, instruct) and the
+    recipe version."""
     keyed = {"version": PRETRAIN_VERSION, "model": config.model.to_dict(), "data": config.data.to_dict(),
              "train": config.train.to_dict()}
     if instruct_enabled(config):
@@ -272,7 +273,8 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
             raise config_lib.ConfigError(f"config.instruct.rows.{short}: all {count} rows drawn have a valid or "
                                          "test row's input")
         encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
-        rows[short], valid[short] = encoded.take(np.arange(len(pairs))), encoded.take(len(pairs) + np.arange(len(valid_pairs)))
+        rows[short] = encoded.take(np.arange(len(pairs)))
+        valid[short] = encoded.take(len(pairs) + np.arange(len(valid_pairs)))
     length, limit = max(r.ids.shape[1] for r in rows.values()), config.model.max_position_embeddings
     if length > limit:
         raise config_lib.ConfigError(f"config.instruct.rows: their rows need {length} tokens, more than "
@@ -306,7 +308,8 @@ def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool
     train_begin = time.perf_counter()
     result = train(model, config, batches, held_out=held_out, progress=progress)
     train_seconds = time.perf_counter() - train_begin
-    instruct_summary = run_instruct_stage(model, config, data_dir, tokenizer, progress) if instruct_enabled(config) else None
+    instruct_summary = (run_instruct_stage(model, config, data_dir, tokenizer, progress)
+                        if instruct_enabled(config) else None)
     save_hf(model, target)
     shutil.copyfile(default_tokenizer_path(), target / "tokenizer.model")
     log = result["log"]
@@ -380,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary.get("instruct"):
         before, after = summary["instruct"]["valid_before"], summary["instruct"]["valid_after"]
         for task in after:
-            print(f"instruction stage, {task} valid: answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
+            print(f"instruction stage, {task} valid: "
+                  f"answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
                   f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
                   f"{after[task]['first_token_accuracy']:.3f}, answer accuracy "
                   f"{before[task]['answer_accuracy']:.3f} -> {after[task]['answer_accuracy']:.3f}")

@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Callable, Collection, Sequence
 
 import numpy as np
 from absl import flags
 
 from recfound_jax import cli, jsonio
-from recfound_jax.demo import synthetic_world as sw
-from recfound_jax.runs.atomic_dir import build_dir_atomically
-from recfound_jax.tasks import TASKS, BY_SHORT
 from recfound_jax.data.formatting import input_text
+from recfound_jax.demo import synthetic_world as sw
 from recfound_jax.evaluate.chance import chance_levels
+from recfound_jax.runs.atomic_dir import build_dir_atomically
+from recfound_jax.tasks import BY_SHORT, TASKS
 from recfound_jax.tokenizer import Tokenizer
 
 GENERATOR_VERSION = "1"
@@ -364,11 +364,11 @@ def write_ave(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
         place = {a: str(rng.choice(["title", "description", "both"], p=[0.4, 0.4, 0.2])
                         if len(targets) == 1 or a not in targets else rng.choice(["title", "description"]))
                  for a in _AVE_ATTRIBUTES}
-        in_title = lambda a: place[a] in ("title", "both")
-        in_desc = lambda a: place[a] in ("description", "both")
-        title = " ".join([item.brand] + [getattr(item, a) for a in ("size", "color", "material") if in_title(a)]
+        in_title = {a for a, where in place.items() if where in ("title", "both")}
+        in_desc = {a for a, where in place.items() if where in ("description", "both")}
+        title = " ".join([item.brand] + [getattr(item, a) for a in ("size", "color", "material") if a in in_title]
                          + [item.noun])
-        desc = [_AVE_SENTENCES[a].format(v=getattr(item, a)) for a in _AVE_ATTRIBUTES if in_desc(a)]
+        desc = [_AVE_SENTENCES[a].format(v=getattr(item, a)) for a in _AVE_ATTRIBUTES if a in in_desc]
         desc.append(str(rng.choice(_AVE_FILLERS)))
         answer = [{"attribute": a, "value": getattr(item, a), "source": s}
                   for a in targets for s in ("title", "description") if place[a] in (s, "both")]

@@ -17,7 +17,8 @@ import json
 import os
 import re
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -315,8 +316,8 @@ def bertscore(
     _check_lengths(predictions, references)
     if not os.path.isdir(model_path):
         raise ValueError(f"bertscore model path {model_path!r} is not a local directory")
-    import torch  # heavy and optional: only the BERTScore path needs it
-    from transformers import AutoModel
+    import torch  # noqa: PLC0415 (heavy and optional: only the BERTScore path needs it)
+    from transformers import AutoModel  # noqa: PLC0415 (likewise)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = bertscore_tokenizer(model_path)
@@ -346,7 +347,7 @@ def bertscore_tokenizer(model_path: str):
     """The model's tokenizer from a local directory; byte-level BPE ones (RoBERTa, Longformer,
     GPT-2) get a prefix space, so the first word is tokenized like the others (as bert-score does).
     """
-    import transformers
+    import transformers  # noqa: PLC0415 (heavy and optional: only BERTScore needs it)
 
     byte_level = (
         transformers.GPT2Tokenizer,
@@ -368,7 +369,7 @@ def _embed_tokens(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per text: L2-normalised hidden states [tokens, d] of its non-padding tokens, and a bool
     [tokens] that is False on special tokens."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy and optional: only BERTScore needs it)
 
     enc = tokenizer(
         [t.strip() for t in batch],

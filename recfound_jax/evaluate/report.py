@@ -9,8 +9,9 @@ A "scores" source is any of:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from recfound_jax import jsonio
 from recfound_jax.tasks import TASKS, get_task

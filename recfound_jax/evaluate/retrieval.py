@@ -14,7 +14,8 @@ after every tied non-relevant candidate, so a model that scores everything alike
 from __future__ import annotations
 
 import functools
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from recfound_jax.data import records as records_lib
-from recfound_jax.tasks import TASKS, Task, get_task
 from recfound_jax.evaluate import metrics, retrieval
 from recfound_jax.inference.recfound import RecFound
+from recfound_jax.tasks import TASKS, Task, get_task
 
 # The tasks whose answer is one option letter or yes/no: the released scripts decode 1 token, but
 # with the Mistral tokenizer "yes" or a letter may take more than one piece before the EOS.
@@ -109,7 +110,7 @@ class Passages:
 
     @classmethod
     def embed(cls, rf: Any, task: Task, rows: Sequence[records_lib.EmbeddingRecord],
-              batch_size: int) -> "Passages":
+              batch_size: int) -> Passages:
         """Embed the rows' passages."""
         pairs = _distinct(p for row in rows for p in (*row.pos, *row.neg))
         emb = rf.embed_pairs(pairs, task=task.name, role="passage", batch_size=batch_size)

@@ -13,7 +13,8 @@ each batch pads little, and the outputs come back in the callers' order.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

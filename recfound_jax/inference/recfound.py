@@ -14,20 +14,20 @@ generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` and decodes greed
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from recfound_jax.runs import rundir
 from recfound_jax.data import formatting
-from recfound_jax.tasks import TASKS, Task, get_task
 from recfound_jax.inference import decoding
 from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import TASKS, Task, get_task
 from recfound_jax.tokenizer import Tokenizer
 
 ROLES = ("query", "passage")
@@ -60,7 +60,7 @@ class RecFound:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, step: int | None = None, *, base_only: bool = False,
-                 mesh: jax.sharding.Mesh | None = None) -> "RecFound":
+                 mesh: jax.sharding.Mesh | None = None) -> RecFound:
         """The base and adapters of a run's checkpoint ``step`` (default: the latest; 0: before training).
 
         ``base_only=True`` gives the base model without adapters (the "w/o fine-tuning" model).

@@ -32,8 +32,8 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from recfound_jax import jsonio
-from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.merge.ties import Method, Order, ties_merge_stream
+from recfound_jax.runs import checkpoint, rundir
 
 # A leaf's address as Orbax stores it: the names of its keys from the root, e.g.
 # ("adapters", "banks", "q", "router_w", "0", "value").

@@ -15,7 +15,8 @@ would copy each layer's weights and cache slice every step (docs/benchmarks.md).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -393,7 +394,7 @@ class Mistral(nnx.Module):
         else:  # no stacked residuals and no per-iteration weight slices, at the price of a longer compile
             extras = []
             for i in range(cfg.num_layers):
-                h, e = step(h, jax.tree.map(lambda a: a[i], xs))
+                h, e = step(h, jax.tree.map(lambda a, i=i: a[i], xs))
                 extras.append(e)
             extra = jax.tree.map(lambda *e: jnp.stack(e), *extras)
         return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), extra

@@ -246,5 +246,6 @@ def _threefry16_draws(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def folded_delta(a: jax.Array, b: jax.Array, gate_row: jax.Array, scale: float) -> jax.Array:
-    """One task's dense delta ΔW = scale * sum_j v_j A_j B_j: a [..., N, d_in, r], b [..., N, r, d_out], gate [..., N]."""
+    """One task's dense delta ΔW = scale * sum_j v_j A_j B_j: a [..., N, d_in, r], b [..., N, r, d_out],
+    gate [..., N]."""
     return scale * jnp.einsum("...n,...ndr,...nro->...do", gate_row, a, b)

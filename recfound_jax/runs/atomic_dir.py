@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def build_dir_atomically(out: str | os.PathLike, build: Callable[[Path], None], *, marker: str) -> Path:

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from recfound_jax import config as config_lib, jsonio
-from recfound_jax.runs import checkpoint
-from recfound_jax.convert.hf import load_hf, read_config as read_hf_config
+from recfound_jax import config as config_lib
+from recfound_jax import jsonio
+from recfound_jax.convert.hf import load_hf
+from recfound_jax.convert.hf import read_config as read_hf_config
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.model.tmole import TMoLEConfig
+from recfound_jax.runs import checkpoint
 from recfound_jax.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"

@@ -8,7 +8,8 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from recfound_jax import config as config_lib, recipes
+from recfound_jax import config as config_lib
+from recfound_jax import recipes
 from recfound_jax.data import formatting
 from recfound_jax.demo import pretrain, synthetic
 from recfound_jax.runs import rundir

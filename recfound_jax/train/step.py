@@ -8,7 +8,8 @@ is an input, never an output: it cannot be updated.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ class ModelParts:
     base: nnx.State
 
     @classmethod
-    def of(cls, model: nnx.Module) -> "ModelParts":
+    def of(cls, model: nnx.Module) -> ModelParts:
         graphdef, params, base = nnx.split(model, nnx.Param, ...)
         return cls(graphdef, params, base)
 

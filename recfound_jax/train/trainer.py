@@ -26,11 +26,12 @@ try:
 except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
     SummaryWriter = None
 
-from recfound_jax import config as config_lib, jsonio, parallel
-from recfound_jax.runs import checkpoint, rundir
+from recfound_jax import config as config_lib
+from recfound_jax import jsonio, parallel
 from recfound_jax.data import batching, formatting
 from recfound_jax.evaluate.runner import evaluate_subset
 from recfound_jax.inference.recfound import RecFound
+from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
 from recfound_jax.train import step as step_lib
 from recfound_jax.train.inputs import prepare_inputs
