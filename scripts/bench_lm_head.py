@@ -27,20 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_step import median_times  # noqa: E402
 
 from recfound_jax.model.mistral import head_logits  # noqa: E402
-from recfound_jax.train import losses  # noqa: E402
+from recfound_jax.train import cross_entropy  # noqa: E402
 
 VOCAB = 32768
 
 
 def project_loss(hidden: jax.Array, weight: jax.Array, labels: jax.Array) -> jax.Array:
     """The train step's form: logits of hidden[:, :-1] only, gradient GEMMs in the model's dtype."""
-    return losses.per_sample_cross_entropy(head_logits(hidden[:, :-1], weight), labels)[0].sum()
+    return cross_entropy.per_sample_cross_entropy(head_logits(hidden[:, :-1], weight), labels)[0].sum()
 
 
 def autodiff_loss(hidden: jax.Array, weight: jax.Array, labels: jax.Array) -> jax.Array:
     """Float32 logits of every position, sliced, differentiated by JAX."""
     logits = jnp.einsum("...d,vd->...v", hidden, weight, preferred_element_type=jnp.float32)
-    return losses.per_sample_cross_entropy(logits[:, :-1], labels)[0].sum()
+    return cross_entropy.per_sample_cross_entropy(logits[:, :-1], labels)[0].sum()
 
 
 def runner(loss: Callable, hidden: jax.Array, weight: jax.Array,

@@ -11,7 +11,7 @@ from flax import nnx
 from recfound_jax.inference import encoding
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLEConfig
-from recfound_jax.train import losses
+from recfound_jax.train import cross_entropy, infonce
 from recfound_jax.train import step as step_lib
 from tests.train_fixtures import step_options
 
@@ -22,7 +22,7 @@ CFG = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_lay
 def token_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of next-token losses, number of labelled tokens) of logits [B, T, V] at every position; labels
     aligned with inputs, -100 = no loss."""
-    sums, counts = losses.per_sample_cross_entropy(logits[:, :-1], labels)
+    sums, counts = cross_entropy.per_sample_cross_entropy(logits[:, :-1], labels)
     return sums.sum(), counts.sum()
 
 
@@ -68,11 +68,11 @@ def test_info_nce_matches_numpy():
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     scores = q @ p.T / 0.02
     expected = np.mean([np.log(np.exp(s - s.max()).sum()) + s.max() - s[2 * i] for i, s in enumerate(scores)])
-    np.testing.assert_allclose(losses.info_nce(jnp.asarray(q), jnp.asarray(p), 0.02), expected, rtol=1e-5)
+    np.testing.assert_allclose(infonce.info_nce(jnp.asarray(q), jnp.asarray(p), 0.02), expected, rtol=1e-5)
     valid = np.array([1, 1, 1, 0, 1, 1.0])
     masked = np.mean([np.log(np.exp(s[valid > 0] - s.max()).sum()) + s.max() - s[2 * i]
                       for i, s in enumerate(scores)])
-    np.testing.assert_allclose(losses.info_nce(jnp.asarray(q), jnp.asarray(p), 0.02, jnp.asarray(valid)), masked,
+    np.testing.assert_allclose(infonce.info_nce(jnp.asarray(q), jnp.asarray(p), 0.02, jnp.asarray(valid)), masked,
                                rtol=1e-5)
 
 
@@ -177,9 +177,9 @@ def test_probe_losses_per_task():
 def test_answer_budget_cross_entropy_equals_all_positions():
     model = _model()
     batch = _gen_batch()
-    full = step_lib.answer_cross_entropy(model, batch, budget=0)
+    full = cross_entropy.answer_cross_entropy(model, batch, budget=0)
     longest = int((np.asarray(batch["labels"])[:, 1:] != -100).sum(1).max())
-    budgeted = step_lib.answer_cross_entropy(model, batch, budget=longest)
+    budgeted = cross_entropy.answer_cross_entropy(model, batch, budget=longest)
     chex.assert_trees_all_close(budgeted, full, rtol=1e-6)
-    clipped = step_lib.answer_cross_entropy(model, batch, budget=longest - 1)
+    clipped = cross_entropy.answer_cross_entropy(model, batch, budget=longest - 1)
     assert float(clipped[1].sum()) < float(full[1].sum())  # a budget below the longest answer drops labels

@@ -18,7 +18,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from recfound_jax.inference import encoding
-from recfound_jax.train import losses
+from recfound_jax.train import cross_entropy, gradcache, infonce
 
 Batch = dict[str, jax.Array]
 
@@ -114,39 +114,14 @@ def embedding_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key,
     if chunk <= 0 or chunk >= size:
         def loss_fn(p):
             q, ps = _reps(parts, p, base, batch, key)
-            return losses.info_nce(q, ps, opts.temperature, valid)
+            return infonce.info_nce(q, ps, opts.temperature, valid)
 
         return jax.value_and_grad(loss_fn)(params)
     if size % chunk:
         raise ValueError(f"train.gradcache_chunk={chunk} does not divide the embedding batch of {size}")
-    n = size // chunk
-    query_keys = ("query_ids", "query_mask", "query_pool_mask", "task_ids")
-    passage_keys = ("passage_ids", "passage_mask", "passage_pool_mask")
-    chunks = {k: batch[k].reshape(n, chunk, *batch[k].shape[1:]) for k in query_keys}
-    chunks.update({k: batch[k].reshape(n, 2 * chunk, *batch[k].shape[1:]) for k in passage_keys})
-    keys = jax.random.split(key, n)
-
-    def chunk_reps(p, c, k):
-        return _reps(parts, p, base, c, k)
-
-    # 1) representations without gradient, chunk by chunk
-    q_reps, p_reps = jax.lax.map(lambda x: chunk_reps(jax.lax.stop_gradient(params), *x), (chunks, keys))
-    # 2) the loss and its gradient wrt the representations
-    loss, (g_q, g_p) = jax.value_and_grad(
-        lambda q, p: losses.info_nce(q, p, opts.temperature, valid), argnums=(0, 1))(
-        q_reps.reshape(size, -1), p_reps.reshape(2 * size, -1))
-    g_q, g_p = g_q.reshape(q_reps.shape), g_p.reshape(p_reps.shape)
-
-    # 3) one backward per chunk, recomputing its forward with the same dropout key
-    def backward(acc, x):
-        c, k, gq, gp = x
-        _, vjp = jax.vjp(lambda p: chunk_reps(p, c, k), params)
-        (grads,) = vjp((gq, gp))
-        return jax.tree.map(jnp.add, acc, grads), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(backward, zeros, (chunks, keys, g_q, g_p))
-    return loss, grads
+    return gradcache.loss_and_grads(lambda p, c, k: _reps(parts, p, base, c, k),
+                                    lambda q, p: infonce.info_nce(q, p, opts.temperature, valid),
+                                    params, batch, key, chunk)
 
 
 def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key, opts: StepOptions):
@@ -160,7 +135,7 @@ def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key
     keys = jax.random.split(key, n)
 
     def summed(p, c, k):
-        sums, counts = answer_cross_entropy(parts.merge(p, base), c, opts.answer_budget, k)
+        sums, counts = cross_entropy.answer_cross_entropy(parts.merge(p, base), c, opts.answer_budget, k)
         return sums.sum(), counts.sum()
 
     def accumulate(acc, x):
@@ -172,16 +147,6 @@ def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key
     (total, count, grads), _ = jax.lax.scan(accumulate, zeros, (chunks, keys))
     count = jnp.maximum(count, 1.0)
     return total / count, jax.tree.map(lambda g: g / count, grads)
-
-
-def answer_cross_entropy(model, batch: Batch, budget: int, dropout_key=None) -> tuple[jax.Array, jax.Array]:
-    """Per-sample (sum of answer-token losses, count), with LM-head logits only at answer positions."""
-    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], task_ids=batch["task_ids"],
-                                 causal=True, dropout_key=dropout_key)
-    if budget <= 0:
-        return losses.per_sample_cross_entropy(model.logits(hidden[:, :-1]), batch["labels"])
-    positions, targets, valid = losses.answer_positions(batch["labels"], budget)
-    return losses.target_cross_entropy(model.logits_at(hidden, positions), targets, valid)
 
 
 def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions) -> Callable:
@@ -237,11 +202,11 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
             valid = _passage_valid(emb_batch)
             if valid is not None:
                 same_task &= valid[None, :] > 0
-            nll = losses.info_nce_per_query(q, p, temperature, same_task)
+            nll = infonce.info_nce_per_query(q, p, temperature, same_task)
             emb_losses = per_task_mean(nll, jnp.ones_like(nll), index, num_embedding_tasks)
         gen_losses = jnp.zeros((num_generative_tasks,))
         if gen_batch is not None:
-            sums, counts = answer_cross_entropy(parts.merge(params, base), gen_batch, answer_budget)
+            sums, counts = cross_entropy.answer_cross_entropy(parts.merge(params, base), gen_batch, answer_budget)
             gen_losses = per_task_mean(sums, counts, gen_batch["task_index"], num_generative_tasks)
         return emb_losses, gen_losses
 

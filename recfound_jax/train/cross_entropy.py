@@ -1,34 +1,11 @@
-"""The two branch losses: InfoNCE over pooled embeddings and token-mean cross-entropy on answers."""
+"""The generative branch's loss: token-mean cross-entropy over answer tokens (prompt and padding carry none),
+with LM-head logits only where an answer token is predicted."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 IGNORE = -100  # label of tokens that carry no loss
-
-
-def info_nce(queries: jax.Array, passages: jax.Array, temperature: float,
-             passage_valid: jax.Array | None = None) -> jax.Array:
-    """Mean InfoNCE of queries [B, D] against every passage [P, D]; query i's positive is passage i * P // B.
-
-    With P = 2B (one positive and one hard negative per query, interleaved), every other query's
-    passages are in-batch negatives; under jit over a sharded global batch they include other devices'.
-    ``passage_valid`` [P] drops passages from every row's softmax (a reused positive standing in for a
-    missing hard negative would otherwise only add log 2).
-    """
-    return jnp.mean(info_nce_per_query(queries, passages, temperature, passage_valid))
-
-
-def info_nce_per_query(queries: jax.Array, passages: jax.Array, temperature: float,
-                       allowed: jax.Array | None = None) -> jax.Array:
-    """InfoNCE of each query [B] (as `info_nce`); ``allowed`` [P] or [B, P] keeps passages in a row's softmax."""
-    group = passages.shape[0] // queries.shape[0]
-    scores = (queries @ passages.T) / temperature
-    if allowed is not None:
-        scores = jnp.where(allowed > 0, scores, -jnp.inf)
-    positives = jnp.arange(queries.shape[0]) * group
-    log_probs = jax.nn.log_softmax(scores, axis=-1)
-    return -jnp.take_along_axis(log_probs, positives[:, None], axis=-1)[:, 0]
 
 
 def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -61,3 +38,14 @@ def answer_positions(labels: jax.Array, budget: int) -> tuple[jax.Array, jax.Arr
     positions = jnp.argsort(~valid, axis=1, stable=True)[:, :budget]
     return (positions, jnp.take_along_axis(targets, positions, axis=1),
             jnp.take_along_axis(valid, positions, axis=1))
+
+
+def answer_cross_entropy(model, batch: dict[str, jax.Array], budget: int,
+                         dropout_key=None) -> tuple[jax.Array, jax.Array]:
+    """Per-sample (sum of answer-token losses, count), with LM-head logits only at answer positions."""
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], task_ids=batch["task_ids"],
+                                 causal=True, dropout_key=dropout_key)
+    if budget <= 0:
+        return per_sample_cross_entropy(model.logits(hidden[:, :-1]), batch["labels"])
+    positions, targets, valid = answer_positions(batch["labels"], budget)
+    return target_cross_entropy(model.logits_at(hidden, positions), targets, valid)
