@@ -225,9 +225,8 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run_and_no_checkpoint_holds_n
     logged = ff.metrics(workdir)
     assert [(r["step"], r["finite"]) for r in logged] == [(1, 0), (2, 0), (3, 0)]
     assert all(not np.isfinite(r["loss"]) for r in logged)
-    checkpointer = checkpoint.Checkpointer(workdir)
-    assert checkpointer.steps() == [1, 2]
-    checkpointer.close()
+    with checkpoint.Checkpointer(workdir) as checkpointer:
+        assert checkpointer.steps() == [1, 2]
     start = ff.orbax_arrays(workdir / checkpoint.INITIAL)
     for step in (1, 2):
         params = ff.orbax_arrays(workdir / checkpoint.CHECKPOINTS / str(step) / "params")

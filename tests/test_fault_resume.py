@@ -57,13 +57,10 @@ def _steps_once(records):
 
 def _latest_restorable(workdir) -> int:
     """The latest completed checkpoint, restored through the project's Checkpointer (params and meta)."""
-    checkpointer = checkpoint.Checkpointer(workdir)
-    try:
+    with checkpoint.Checkpointer(workdir) as checkpointer:
         latest = checkpointer.latest_step()
         assert latest is not None, f"no checkpoint in {workdir}"
         params, _, meta = checkpointer.restore(latest, rundir.params_like(workdir))
-    finally:
-        checkpointer.close()
     assert meta["step"] == latest
     leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
     assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
@@ -153,9 +150,8 @@ def test_sigkill_during_checkpoint_writes_never_exposes_a_partial_checkpoint(set
         left = _kill_while_writing(proc, workdir, after_step, delay=0.0 if trial == 0 else rng.uniform(0, 0.05),
                                    log=log)
         left_behind.append(left)
-        checkpointer = checkpoint.Checkpointer(workdir)
-        listed = checkpointer.steps()
-        checkpointer.close()
+        with checkpoint.Checkpointer(workdir) as checkpointer:
+            listed = checkpointer.steps()
         assert not {int(name.split(".")[0]) for name in left} & set(listed), (listed, left)
         latest = _latest_restorable(workdir)
         assert latest >= after_step - 1, (trial, after_step, latest)
@@ -187,12 +183,9 @@ def test_planted_half_written_checkpoints_are_never_latest(reference, tmp_path):
     older = folder / f"{STEPS + 2}{ORBAX_TMP}-1764151200123456"
     older.mkdir()
     (older / "_CHECKPOINT_METADATA").write_text("{}")
-    checkpointer = checkpoint.Checkpointer(workdir)
-    try:
-        assert checkpointer.steps() == checkpoint.Checkpointer(source).steps()
+    with checkpoint.Checkpointer(workdir) as checkpointer, checkpoint.Checkpointer(source) as original:
+        assert checkpointer.steps() == original.steps()
         assert checkpointer.latest_step() == STEPS
         with pytest.raises(FileNotFoundError, match="no checkpoint for step"):
             checkpointer.restore(STEPS + 1, rundir.params_like(workdir))
-    finally:
-        checkpointer.close()
     assert _latest_restorable(workdir) == STEPS

@@ -37,11 +37,8 @@ def run_dir(tmp_path_factory):
 def _restore(run: Path, step: int):
     """A step's trainable params as a pytree (step 0: the initial params)."""
     like = rundir.params_like(run)
-    checkpointer = checkpoint.Checkpointer(run)
-    try:
+    with checkpoint.Checkpointer(run) as checkpointer:
         return checkpointer.restore_initial(like) if step == 0 else checkpointer.restore(step, like)[0]
-    finally:
-        checkpointer.close()
 
 
 def _per_tensor(path) -> int:
@@ -111,8 +108,7 @@ def test_a_checkpoint_of_another_shape_is_named(run_dir, tmp_path):
     tree = jax.tree_util.tree_map_with_path(
         lambda path, x: np.zeros((14, 8), np.float32) if "task_embedding" in jax.tree_util.keystr(path) else x,
         _restore(run_dir, 6))
-    checkpointer = checkpoint.Checkpointer(run, keep=10)
-    checkpointer.save(8, tree, None, {"step": 8})
-    checkpointer.close()
+    with checkpoint.Checkpointer(run, keep=10) as checkpointer:
+        checkpointer.save(8, tree, None, {"step": 8})
     with pytest.raises(MergeError, match=r"step 8: leaf adapters\.task_embedding\.value has shape \(14, 8\)"):
         merge_run(run, [4, 8], tmp_path / "merged", progress=False)

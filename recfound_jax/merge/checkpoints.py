@@ -117,11 +117,8 @@ def restore_leaf(item_dir: Path, names: Names, shape: tuple[int, ...], dtype: An
 
 def available_steps(run_dir: str | os.PathLike) -> list[int]:
     """Completed checkpoint steps of a run, with 0 first when the run kept its initial params."""
-    checkpointer = checkpoint.Checkpointer(run_dir)
-    try:
+    with checkpoint.Checkpointer(run_dir) as checkpointer:
         steps = checkpointer.steps()
-    finally:
-        checkpointer.close()
     has_initial = (Path(run_dir) / checkpoint.INITIAL).is_dir()
     return ([INITIAL_STEP] if has_initial and INITIAL_STEP not in steps else []) + steps
 
@@ -214,13 +211,10 @@ def write_run(
     out.mkdir(parents=True, exist_ok=True)
     jsonio.write_json(out / rundir.CONFIG_FILE, config)
     jsonio.write_json(out / rundir.RUN_FILE, info)
-    checkpointer = checkpoint.Checkpointer(out)
-    try:
+    with checkpoint.Checkpointer(out) as checkpointer:
         checkpointer.save(step, params, None, meta)
         if initial is not None:
             checkpointer.save_initial(initial)
-    finally:
-        checkpointer.close()
     if initial is None and initial_from is not None:
         shutil.copytree(Path(initial_from), out / checkpoint.INITIAL)
     return out

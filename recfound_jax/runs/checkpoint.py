@@ -25,7 +25,7 @@ INITIAL = "initial_params"
 
 
 class Checkpointer:
-    """Saves and restores the checkpoints of one run directory."""
+    """Saves and restores the checkpoints of one run directory; a context manager that closes itself."""
 
     def __init__(self, run_dir: str | os.PathLike, *, keep: int = 3):
         self.directory = Path(run_dir).absolute() / CHECKPOINTS
@@ -75,6 +75,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _abstract(tree: Any) -> Any:

@@ -83,8 +83,7 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None, *, mesh=None
     if not with_adapters:
         return model, c, None
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    checkpointer = checkpoint.Checkpointer(run_dir)
-    try:
+    with checkpoint.Checkpointer(run_dir) as checkpointer:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{run_dir}: no checkpoints yet")
@@ -92,8 +91,6 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None, *, mesh=None
             restored = checkpointer.restore_initial(params)
         else:
             restored, _, _ = checkpointer.restore(step, params)
-    finally:
-        checkpointer.close()
     return nnx.merge(graphdef, restored, rest), c, step
 
 
