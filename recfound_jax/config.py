@@ -373,7 +373,3 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
     c.lock()
     return c
 
-
-def load_config_file(recipe: str | os.PathLike) -> ml_collections.ConfigDict:
-    """``get_config()`` of a recipe given by name (``"demo"``) or by path: `recipes.load`."""
-    return recipes.load(recipe)

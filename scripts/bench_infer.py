@@ -42,9 +42,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from recfound_jax import config as config_lib
-from recfound_jax.inference import EmbeddingEncoder, RecFound  # noqa: E402
+from recfound_jax import recipes
 from recfound_jax.inference.decoding import GreedyGenerator  # noqa: E402
+from recfound_jax.inference.encoding import EmbeddingEncoder  # noqa: E402
+from recfound_jax.inference.recfound import RecFound  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
 from recfound_jax.tasks import get_task  # noqa: E402
@@ -146,12 +147,12 @@ def demo_model(run: str | None) -> tuple[Mistral, str]:
     if run:
         rf = RecFound.from_run(run)
         return rf.model, f"jax demo run (step {rf.step})"
-    m = config_lib.load_config_file(ROOT / "configs" / "demo_base.py").model
+    m = recipes.load("demo_base").model
     cfg = MistralConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
                         head_dim=m.head_dim, rms_norm_eps=m.rms_norm_eps, rope_theta=m.rope_theta,
                         max_position_embeddings=m.max_position_embeddings)
-    tmole = TMoLEConfig.from_config(config_lib.load_config_file(ROOT / "configs" / "demo.py").tmole)
+    tmole = TMoLEConfig.from_config(recipes.load("demo").tmole)
     return Mistral(cfg, tmole=tmole, rngs=nnx.Rngs(0)), "jax demo shape (random)"
 
 

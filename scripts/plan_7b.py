@@ -44,14 +44,12 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recfound_jax import config as config_lib  # noqa: E402
-from recfound_jax import parallel  # noqa: E402
+from recfound_jax import parallel, recipes  # noqa: E402
 from recfound_jax.config import REMAT_POLICIES  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "recfound_mistral7b.py"
 MISTRAL_7B = MistralConfig()  # the defaults are Mistral-7B-v0.3's shape
 GIB = 2**30
 # An H100's 80 GB less about 10% for the CUDA context, cuDNN workspaces and allocator slack.
@@ -167,7 +165,7 @@ def main() -> None:
                         help="samples per device in one GradCache chunk / generative micro-batch")
     parser.add_argument("--mesh", type=int, nargs=3, default=[1, -1, 1], metavar=("DATA", "FSDP", "TENSOR"))
     args = parser.parse_args()
-    c = config_lib.load_config_file(RECIPE)
+    c = recipes.load("recfound_mistral7b")
     mesh = parallel.make_mesh(args.mesh)
     print(f"Mistral-7B TMoLE step, {dict(mesh.shape)} mesh of {jax.device_count()} CPU devices, "
           f"batches {c.train.embedding_batch} emb + {c.train.generative_batch} gen; GiB per device")

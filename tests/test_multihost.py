@@ -25,9 +25,9 @@ _WORKER = """
 import sys
 from recfound_jax import distributed
 assert distributed.initialize_from_env()
-from recfound_jax import config as config_lib
+from recfound_jax import recipes
 from recfound_jax.train.trainer import Trainer
-Trainer(config_lib.load_config_file(sys.argv[1]), sys.argv[2], progress=False).run(until=int(sys.argv[3]))
+Trainer(recipes.load(sys.argv[1]), sys.argv[2], progress=False).run(until=int(sys.argv[3]))
 """
 
 

@@ -23,12 +23,12 @@ from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 from recfound_jax.train import inputs
 
 
-def load_config_file():
+def demo_base_recipe():
     return recipes.load("demo_base")
 
 
 def tiny_config():
-    config = load_config_file()
+    config = demo_base_recipe()
     config.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
                         head_dim=8, max_position_embeddings=192)  # the instruction rows need 160 positions
     config.data.update(generative_rows_per_task=2, eval_rows_per_task=1)
@@ -49,7 +49,7 @@ def built(tmp_path_factory):
 
 
 def test_default_config_is_valid_and_fits_the_tokenizer():
-    config = load_config_file()
+    config = demo_base_recipe()
     config_lib.validate_demo_base(config)
     assert config.model.vocab_size == Tokenizer().vocab_size
     assert config.train.seq_len <= config.model.max_position_embeddings
@@ -61,7 +61,7 @@ def test_default_config_is_valid_and_fits_the_tokenizer():
                                         ("instruct.rows.AP", 0), ("instruct.warmup_steps", 1000),
                                         ("instruct.decay", "step")])
 def test_validate_config_names_the_bad_key(key, value):
-    config = load_config_file()
+    config = demo_base_recipe()
     *sections, name = key.split(".")
     parent = config
     for section in sections:
@@ -83,7 +83,7 @@ def test_pack_windows_cut_one_shuffled_stream():
 
 
 def test_schedule_warms_up_then_decays_to_the_end_fraction():
-    config = load_config_file()
+    config = demo_base_recipe()
     t = config.train
     schedule = pt.learning_rate_schedule(config.train)
     assert float(schedule(0)) == pytest.approx(0.0)
