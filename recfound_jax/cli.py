@@ -7,6 +7,7 @@ Its ``main(argv=None) -> int`` parses with `parse` and can be called with a list
 """
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -16,6 +17,7 @@ from absl import app, flags, logging
 HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 USAGE_ERROR = 2  # the exit status of a bad command line (argparse's)
 FAILED = 2  # the exit status of a command refused for a reason `attempt` names
+TERMINATED = 128 + signal.SIGTERM  # the shell's status of a process ended by SIGTERM
 
 
 def help_text(flag_values: flags.FlagValues, doc: str) -> str:
@@ -69,7 +71,9 @@ def run(main: Callable[[Sequence[str]], int]) -> NoReturn:
     """Run ``main`` as the program under absl's ``app.run``; its return value is the exit status.
 
     ``main`` parses the arguments itself (`parse`); absl's own flags stay at their defaults, and absl
-    logs warnings and errors only (Orbax logs every file it writes at INFO).
+    logs warnings and errors only (Orbax logs every file it writes at INFO). SIGTERM exits through
+    `SystemExit`, so ``finally`` blocks run (an atomic build removes its temporary folder); the trainer
+    replaces this with a handler of its own once its inputs are ready.
     """
     def parsed(argv: list[str]) -> list[str]:
         flags.FLAGS.mark_as_parsed()
@@ -77,6 +81,12 @@ def run(main: Callable[[Sequence[str]], int]) -> NoReturn:
 
     def start(argv: list[str]) -> int:
         logging.set_verbosity(logging.WARNING)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return main(argv[1:])
 
     app.run(start, flags_parser=parsed)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> NoReturn:
+    print("error: stopped by SIGTERM", file=sys.stderr)
+    raise SystemExit(TERMINATED)

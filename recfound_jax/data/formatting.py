@@ -490,11 +490,14 @@ def tokenize_split(
     on_error: Literal["raise", "skip"] = "raise",
     tasks: Iterable[str | int] | None = None,
     max_line_bytes: int = records_lib.DEFAULT_MAX_LINE_BYTES,
+    loaded: tuple[list[records_lib.Record], records_lib.LoadReport] | None = None,
 ) -> TokenizedSplit:
     """Load, validate, format and tokenize ``split`` once; with ``cache_dir``, reuse the cached tables.
 
     The cache file is ``{cache_dir}/{split}-{key}.npz`` where the key hashes the data files, the
-    tokenizer file, the lengths and the load settings, so any change makes a new file.
+    tokenizer file, the lengths and the load settings, so any change makes a new file. ``loaded``:
+    the split's rows and report from `records.load_split` with the same settings, when the caller has
+    validated them already.
     """
     tasks = None if tasks is None else sorted({get_task(t).id for t in tasks})
     settings = {"split": split, "query": query_max_len, "passage": passage_max_len,
@@ -506,8 +509,8 @@ def tokenize_split(
         cache_path = Path(cache_dir) / f"{split}-{cache_key(files, tokenizer, settings)}.npz"
         if cache_path.is_file():
             return TokenizedSplit.load(cache_path)
-    rows, report = records_lib.load_split(data_dir, split, on_error=on_error, tasks=tasks,
-                                          max_line_bytes=max_line_bytes)
+    rows, report = loaded or records_lib.load_split(data_dir, split, on_error=on_error, tasks=tasks,
+                                                    max_line_bytes=max_line_bytes)
     table = tokenize_records(rows, tokenizer, query_max_len=query_max_len, passage_max_len=passage_max_len,
                              generative_max_len=generative_max_len, report=report)
     if cache_path is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from absl import flags
 
 from recfound_jax import cli, distributed, recipes
+from recfound_jax.evaluate.__main__ import default_out_dir
 from recfound_jax.offline import go_offline
 from recfound_jax.train.trainer import train
 
@@ -37,8 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(_WORKDIR.value or Path("runs") / config.name)
     summary = train(config, workdir, resume=_RESUME.value, overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
     print(json.dumps({key: summary[key] for key in SUMMARY_KEYS}, indent=2))
-    print(f"run directory: {workdir}")
+    print(next_steps(workdir, summary))
     return 0
+
+
+def next_steps(workdir: Path, summary: dict) -> str:
+    """What to do with the run: the evaluate command for its directory, and where its results will go."""
+    if not summary["completed"]:
+        return (f"run directory: {workdir}\nnext: continue it with the same command and --resume")
+    out = default_out_dir(workdir, summary["steps"], "test", base_only=False)
+    return (f"run directory: {workdir} (metrics.jsonl, tensorboard/, checkpoints/)\n"
+            f"next: python -m recfound_jax.evaluate --run {workdir}\n"
+            f"      scores every task of the test split into {out}/: metrics.json, results.md, routing.png, "
+            f"schedule.png, probe_loss.png")
 
 
 if __name__ == "__main__":

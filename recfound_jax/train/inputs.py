@@ -10,7 +10,7 @@ from absl import logging
 
 from recfound_jax import config as config_lib
 from recfound_jax import recipes
-from recfound_jax.data import formatting
+from recfound_jax.data import formatting, records
 from recfound_jax.demo import pretrain, synthetic
 from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import Tokenizer
@@ -46,15 +46,17 @@ class Inputs:
 
 
 def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
-    """Build or find the base and dataset, then validate and tokenize train and valid (cached)."""
-    base = resolve_base(c, progress=progress)
+    """Find (or generate) the dataset and validate every row of train and valid, then build or find the
+    base, then tokenize both splits (cached): a bad row fails before any base is built."""
     data = resolve_data(c)
+    loaded = {split: records.load_split(data, split, on_error=c.data.on_error) for split in ("train", "valid")}
+    base = resolve_base(c, progress=progress)
     tokenizer = Tokenizer(rundir.tokenizer_path(base))
-    cache = workdir / "token_cache"
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
-                  generative_max_len=c.data.generative_len, cache_dir=cache, on_error=c.data.on_error)
-    train = formatting.tokenize_split(data, "train", tokenizer, **kwargs)
-    valid = formatting.tokenize_split(data, "valid", tokenizer, **kwargs)
+                  generative_max_len=c.data.generative_len, cache_dir=workdir / "token_cache",
+                  on_error=c.data.on_error)
+    train = formatting.tokenize_split(data, "train", tokenizer, loaded=loaded["train"], **kwargs)
+    valid = formatting.tokenize_split(data, "valid", tokenizer, loaded=loaded["valid"], **kwargs)
     for split in (train, valid):
         if split.report is not None and split.report.total_skipped:
             logging.warning("skipped bad data rows (data.on_error=skip):\n%s", split.report.summary())

@@ -183,16 +183,17 @@ class Trainer:
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True):
-        # From here on SIGTERM (preemption) only asks the run to stop: during setup too, the run then
-        # checkpoints where it is and returns cleanly.
         self.stop_requested = False
         self._sigterm_before = None
-        if threading.current_thread() is threading.main_thread():
-            self._sigterm_before = signal.signal(signal.SIGTERM, self._on_sigterm)
         config_lib.validate(c, device_count=jax.device_count())
         self.config, self.workdir, self.progress = c, Path(workdir).absolute(), progress
         prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
+        # While the inputs are prepared (the demo base may be built) SIGTERM keeps the process's handler:
+        # the CLI's exits at once and every build is atomic. From here on it only asks the run to stop:
+        # the run then checkpoints where it is and returns cleanly.
         self.inputs = prepare_inputs(c, self.workdir, progress)
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm_before = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.mesh = parallel.make_mesh(c.mesh.shape)
         model = rundir.build_model(c, self.inputs.base, mesh=self.mesh)
         self.parts = step_lib.ModelParts.of(model)
