@@ -17,7 +17,8 @@ import pytest
 from recfound_jax.data import records
 from recfound_jax.demo import synthetic
 from recfound_jax.evaluate import plots, report, runner
-from recfound_jax.evaluate.__main__ import default_out_dir, main
+from recfound_jax.evaluate.__main__ import main
+from recfound_jax.evaluate.report import default_out_dir
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, get_task

@@ -49,12 +49,6 @@ flags.register_validator("baseline", lambda specs: all("=" in spec for spec in s
                          "--baseline takes NAME=path/to/metrics.json", flag_values=FLAGS)
 
 
-def default_out_dir(run_dir: Path, step: int | None, split: str, base_only: bool) -> Path:
-    """RUN_DIR/eval/<step or "base">[-<split> when not test]."""
-    name = "base" if base_only else str(step)
-    return run_dir / "eval" / (name if split == "test" else f"{name}-{split}")
-
-
 def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[Path]:
     """routing.png (a model with a task router only), schedule.png and probe_loss.png (when the run
     logged those series)."""
@@ -84,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
     metrics.update(run_dir=str(run_dir), base_only=base_only, model=name)
 
-    out = Path(_OUT.value) if _OUT.value else default_out_dir(run_dir, rf.step, split, base_only)
+    out = Path(_OUT.value) if _OUT.value else report.default_out_dir(run_dir, rf.step, split, base_only)
     out.mkdir(parents=True, exist_ok=True)
     jsonio.write_json(out / "metrics.json", metrics)
     baselines = [(spec.split("=", 1)[0], jsonio.read_json(spec.split("=", 1)[1])) for spec in _BASELINES.value]

@@ -160,3 +160,9 @@ def results_markdown(
     if examples:
         sections += ["## Example predictions", examples]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def default_out_dir(run_dir: Path, step: int | None, split: str, base_only: bool) -> Path:
+    """RUN_DIR/eval/<step or "base">[-<split> when not test]."""
+    name = "base" if base_only else str(step)
+    return run_dir / "eval" / (name if split == "test" else f"{name}-{split}")

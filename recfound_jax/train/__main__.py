@@ -12,7 +12,7 @@ from pathlib import Path
 from absl import flags
 
 from recfound_jax import cli, distributed, recipes
-from recfound_jax.evaluate.__main__ import default_out_dir
+from recfound_jax.evaluate.report import default_out_dir
 from recfound_jax.offline import go_offline
 from recfound_jax.train.trainer import train
 
