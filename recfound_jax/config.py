@@ -27,6 +27,8 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 DROPOUT_RNGS = ("threefry", "threefry16")  # how adapter dropout masks are drawn: model.tmole.dropout_keep_mask
 DECAYS = ("cosine", "linear")  # the demo base's learning-rate decays
+DEMO_TOKENIZERS = ("demo", "mistral_v3")  # the demo base's vocabulary: recfound_jax.demo.vocabulary, or the v3 file
+DEMO_MIN_VOCAB = 512  # a demo vocabulary's 256 byte pieces, 3 ids, 3 GritLM markers, and room for words
 FREE_MAPPINGS = ("instruct.rows",)  # keys whose value maps names the schema does not fix (task -> rows)
 
 
@@ -104,12 +106,15 @@ def base_config() -> ml_collections.ConfigDict:
 def demo_base_config() -> ml_collections.ConfigDict:
     """Every key of the demo base's recipe with its default: the recipe itself (configs/demo_base.py).
 
-    The base is a tiny Mistral with the real Mistral v3 tokenizer, pretrained by recfound_jax.demo.pretrain:
+    The base is a tiny Mistral with a vocabulary of its own, pretrained by recfound_jax.demo.pretrain:
     a causal-LM stage (``train``), then an instruction stage (``instruct``).
     """
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict()
-    c.model.vocab_size = 32768  # Mistral v3 SentencePiece
+    # "demo": a BPE SentencePiece vocabulary of at most vocab_size pieces trained on the synthetic train side
+    # (recfound_jax.demo.vocabulary); "mistral_v3": the real v3 file, vocab_size 32768
+    c.model.tokenizer = "demo"
+    c.model.vocab_size = 2048
     c.model.hidden_size = 128
     c.model.intermediate_size = 344
     c.model.num_layers = 4
@@ -129,7 +134,7 @@ def demo_base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.seq_len = 128  # documents are packed into windows of seq_len + 1 tokens
     c.train.batch_size = 8
-    c.train.steps = 500
+    c.train.steps = 400
     c.train.learning_rate = 3e-3
     c.train.warmup_steps = 25
     c.train.decay = "cosine"  # one of DECAYS, from the peak down to end_lr_fraction * peak
@@ -144,11 +149,11 @@ def demo_base_config() -> ml_collections.ConfigDict:
     # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
     c.instruct = ml_collections.ConfigDict()
     # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
-    c.instruct.rows = {"AP": 3000, "PRP": 12000, "SA": 1500, "AVE": 6000}
-    c.instruct.steps = 800
+    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000, "AVE": 3000}
+    c.instruct.steps = 350
     c.instruct.batch_size = 32
-    c.instruct.learning_rate = 1e-3
-    c.instruct.warmup_steps = 20
+    c.instruct.learning_rate = 2e-3
+    c.instruct.warmup_steps = 10
     c.instruct.decay = "cosine"
     c.instruct.end_lr_fraction = 0.1
     c.instruct.weight_decay = 0.01
@@ -284,9 +289,14 @@ def validate_demo_base(c: ml_collections.ConfigDict) -> None:
     for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                 "max_position_embeddings"):
         _check(m[key] > 0, f"model.{key}", f"must be positive, got {m[key]}")
-    vocab = Tokenizer().vocab_size
-    _check(m.vocab_size == vocab, "model.vocab_size",
-           f"must equal the Mistral v3 tokenizer's vocabulary ({vocab}), got {m.vocab_size}")
+    _check(m.tokenizer in DEMO_TOKENIZERS, "model.tokenizer", f"{m.tokenizer!r} not in {DEMO_TOKENIZERS}")
+    if m.tokenizer == "mistral_v3":
+        vocab = Tokenizer().vocab_size
+        _check(m.vocab_size == vocab, "model.vocab_size",
+               f"must equal the Mistral v3 tokenizer's vocabulary ({vocab}), got {m.vocab_size}")
+    else:
+        _check(DEMO_MIN_VOCAB <= m.vocab_size <= 32768, "model.vocab_size",
+               f"a demo vocabulary has {DEMO_MIN_VOCAB} to 32768 pieces, got {m.vocab_size}")
     _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", f"must divide model.num_heads={m.num_heads}")
     _check(m.head_dim % 2 == 0, "model.head_dim", "must be even (rotate-half RoPE)")
     _check(m.rope_theta > 0, "model.rope_theta", "must be positive")

@@ -4,8 +4,8 @@
 
 The model is a randomly initialised Mistral of the demo base's shape (recfound_jax.config.demo_base_config)
 with the demo recipe's TMoLE adapters (configs/demo.py); timing does not depend on the weights. Batches
-come from the synthetic dataset (generated into the cache if missing), tokenized with the Mistral v3
-tokenizer and assembled as recfound_jax/train/trainer.py does: `batching.Batcher` with S2Sched's step-0
+come from the synthetic dataset (generated into the cache if missing), tokenized with the demo base's
+vocabulary and assembled as recfound_jax/train/trainer.py does: `batching.Batcher` with S2Sched's step-0
 counts, the answer budget of the train and valid splits, and the fixed S2Sched probe batches.
 
 Rows (median of ``--steps`` calls after lowering + compiling and one warm-up call; compile seconds are
@@ -29,8 +29,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
@@ -112,11 +115,20 @@ def demo_config() -> ml_collections.ConfigDict:
     return c
 
 
+@functools.cache
+def demo_tokenizer() -> Tokenizer:
+    """The demo base recipe's tokenizer, written as the base build writes it (into a temporary folder)."""
+    base = config_lib.demo_base_config()
+    data = config_lib.synthetic_dir(base.data.scale, base.data.seed)
+    synthetic.ensure_dataset(data, scale=base.data.scale, seed=base.data.seed)
+    return pretrain.write_tokenizer(base, data, Path(tempfile.mkdtemp(prefix="profile_demo_")))
+
+
 def tokenized_splits(c: ml_collections.ConfigDict) -> tuple[formatting.TokenizedSplit, formatting.TokenizedSplit]:
     """The synthetic train and valid splits at the recipe's lengths (dataset generated if missing)."""
     data = config_lib.synthetic_dir(c.data.synthetic_scale, c.data.synthetic_seed)
     synthetic.ensure_dataset(data, scale=c.data.synthetic_scale, seed=c.data.synthetic_seed)
-    tokenizer = Tokenizer()
+    tokenizer = demo_tokenizer()
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len)
     return (formatting.tokenize_split(data, "train", tokenizer, **kwargs),
@@ -274,12 +286,12 @@ def base_step_row(what: str, step_fn: Callable, params, opt_state, batches: list
 
 
 def instruct_rows(base: ml_collections.ConfigDict) -> dict[str, instruct.AnswerRows]:
-    """The instruction stage's rows as run_instruct_stage draws them (held-out inputs excluded), one length."""
+    """The instruction stage's rows as run_instruct_stage draws them (held-out inputs excluded), per task."""
     t = base.instruct
     data = config_lib.synthetic_dir(base.data.scale, base.data.seed)
     synthetic.ensure_dataset(data, scale=base.data.scale, seed=base.data.seed)
     world = synthetic_world.build_world(base.data.scale, base.data.seed)
-    tokenizer = Tokenizer()
+    tokenizer = demo_tokenizer()
     rows = {}
     for short, count in t.rows.items():
         name = BY_SHORT[short].name
@@ -287,8 +299,7 @@ def instruct_rows(base: ml_collections.ConfigDict) -> dict[str, instruct.AnswerR
                     for split in ("valid", "test") for row in synthetic.read_rows(data, split, name)}
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out)]
         rows[short] = instruct.encode_rows(tokenizer, pairs)
-    length = max(r.ids.shape[1] for r in rows.values())
-    return {short: r.padded(length) for short, r in rows.items()}
+    return rows
 
 
 def base_rows(steps: int) -> list[Row]:
@@ -306,12 +317,12 @@ def base_rows(steps: int) -> list[Row]:
                                tx.init(params), tokens, steps, f"{t.batch_size}x{t.seq_len + 1} tokens")
     rows = instruct_rows(base)
     stream = instruct.batches(rows, base.instruct.batch_size, base.instruct.seed)
-    batches = [next(stream) for _ in range(4)]
+    batches = [(next(stream),) for _ in range(4)]
     tx = pretrain.make_optimizer(base.instruct)
-    ids, _, index = batches[0][:3]
-    shape = f"{'x'.join(map(str, ids.shape))} tokens, {index.shape[0]} answer slots"
+    grids = " + ".join(f"{task} {'x'.join(map(str, part[0].shape))}" for task, part in zip(rows, batches[0][0]))
+    shape = f"{grids} tokens, {sum(part[2].shape[0] for part in batches[0][0])} answer slots"
     inst, _ = base_step_row("base: instruction-stage step",
-                            pretrain.make_train_step(graphdef, rest, tx, instruct.answer_loss), params,
+                            pretrain.make_train_step(graphdef, rest, tx, instruct.parts_answer_loss), params,
                             tx.init(params), batches, steps, shape)
     return [lm, inst]
 

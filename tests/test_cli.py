@@ -124,3 +124,21 @@ def test_the_readme_python_snippet_runs_on_a_tiny_run(tmp_path, monkeypatch):
     assert namespace["items"].shape[0] == 1
     assert len(namespace["answers"]) == 1 and isinstance(namespace["answers"][0], str)
     assert namespace["logits"].shape[:2] == (1, 3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tunables are Linux's")
+def test_a_command_restarts_once_with_huge_pages_unless_told_not_to():
+    """`cli.restart_with_hugepages` execs the same command line with the tunable set, once; a tunable the user
+    set, or RECFOUND_HUGEPAGES=0, is left alone."""
+    code = ("import os, sys; from recfound_jax import cli; print('start', flush=True); cli.restart_with_hugepages(); "
+            "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+
+    def run(**env: str) -> list[str]:
+        environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RECFOUND_HUGEPAGES")}
+        done = subprocess.run([sys.executable, "-c", code, "--flag"], env={**environ, **env}, cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.splitlines()
+
+    assert run() == ["start", "start", f"{cli.HUGEPAGE_TUNABLE} ['--flag']"]
+    assert run(RECFOUND_HUGEPAGES="0") == ["start", "None ['--flag']"]
+    assert run(GLIBC_TUNABLES="glibc.malloc.check=0") == ["start", "glibc.malloc.check=0 ['--flag']"]

@@ -119,22 +119,21 @@ def test_held_out_scores_do_not_depend_on_the_batch_size(tokenizer):
 
 def test_a_mixed_batch_flattens_each_tasks_slots_and_its_loss_is_the_per_token_mean(tokenizer):
     short = instruct.encode_rows(tokenizer, [PAIRS[0], PAIRS[3]])  # 2 slots: one word and EOS
-    long = instruct.encode_rows(tokenizer, [PAIRS[2]])  # a sentence's slots
-    length = max(short.ids.shape[1], long.ids.shape[1])
-    short, long = short.padded(length), long.padded(length)
-    batch = instruct.concat_batches([short.batch(np.array([1, 0])), long.batch(np.array([0]))])
-    slots = short.targets.shape[1] * 2 + long.targets.shape[1]
-    chex.assert_shape([batch.index, batch.targets, batch.weights], (slots,))
-    chex.assert_shape([batch.ids, batch.mask], (3, length))
-    live = batch.weights > 0
-    np.testing.assert_array_equal(batch.ids.reshape(-1)[batch.index[live] + 1], batch.targets[live])
+    long = instruct.encode_rows(tokenizer, [PAIRS[2]], length=short.ids.shape[1] + 8)  # a sentence's slots
+    parts = [short.batch(np.array([1, 0])), long.batch(np.array([0]))]
+    for part, rows in zip(parts, (short, long)):
+        chex.assert_shape([part.index, part.targets, part.weights], (len(part.ids) * rows.targets.shape[1],))
+        chex.assert_shape([part.ids, part.mask], (len(part.ids), rows.ids.shape[1]))
+        live = part.weights > 0
+        np.testing.assert_array_equal(part.ids.reshape(-1)[part.index[live] + 1], part.targets[live])
     model = tiny_model(seed=1)
-    loss = instruct.answer_loss(model, *batch.device())
-    log_probs = _log_softmax(np.asarray(model(jnp.asarray(batch.ids), jnp.asarray(batch.mask)), np.float64))
+    loss = instruct.parts_answer_loss(model, [part.device() for part in parts])
     picked = []
-    for i, pair in enumerate([PAIRS[3], PAIRS[0], PAIRS[2]]):
-        _, labels = format_generative(tokenizer, [pair])
-        picked += [log_probs[i, p - 1, label] for p, label in enumerate(labels) if label != IGNORE_INDEX]
+    for part, pairs in zip(parts, ([PAIRS[3], PAIRS[0]], [PAIRS[2]])):
+        log_probs = _log_softmax(np.asarray(model(jnp.asarray(part.ids), jnp.asarray(part.mask)), np.float64))
+        for i, pair in enumerate(pairs):
+            _, labels = format_generative(tokenizer, [pair])
+            picked += [log_probs[i, p - 1, label] for p, label in enumerate(labels) if label != IGNORE_INDEX]
     chex.assert_trees_all_close(loss, jnp.float32(-np.mean(picked)), rtol=1e-5)
 
 
@@ -156,13 +155,12 @@ def test_batch_shares_refuse_a_batch_smaller_than_the_task_count():
 def test_batches_hold_each_tasks_share_and_visit_its_rows_once_a_pass(tokenizer):
     yes_no = instruct.encode_rows(tokenizer, [(f"Question {i}?", "yes") for i in range(6)])
     letters = instruct.encode_rows(tokenizer, [(f"Pick {i}.\nA: x\nB: y", "B") for i in range(3)])
-    length = max(yes_no.ids.shape[1], letters.ids.shape[1])
-    yes_no, letters = yes_no.padded(length), letters.padded(length)
     stream = instruct.batches({"AP": yes_no, "PRP": letters}, batch_size=3, seed=0)  # shares: AP 2, PRP 1
-    drawn = [[np.asarray(a) for a in next(stream)] for _ in range(6)]  # two passes over AP's rows, four of PRP's
-    assert len({a.shape for batch in drawn for a in batch[2:]}) == 1, "every batch has the same answer slots"
-    ap_rows = [tuple(batch[0][i]) for batch in drawn for i in (0, 1)]
-    prp_rows = [tuple(batch[0][2]) for batch in drawn]
+    drawn = [[[np.asarray(a) for a in part] for part in next(stream)] for _ in range(6)]  # 2 passes of AP, 4 of PRP
+    assert len({tuple(a.shape for part in step for a in part) for step in drawn}) == 1, "one shape every step"
+    assert [len(part[0]) for part in drawn[0]] == [2, 1]
+    ap_rows = [tuple(step[0][0][i]) for step in drawn for i in (0, 1)]
+    prp_rows = [tuple(step[1][0][0]) for step in drawn]
     for first_pass in (ap_rows[:6], ap_rows[6:]):
         assert set(first_pass) == {tuple(r) for r in yes_no.ids}
     for first_pass in (prp_rows[:3], prp_rows[3:]):

@@ -48,14 +48,27 @@ def built(tmp_path_factory):
     return cache, path
 
 
-def test_default_config_is_valid_and_fits_the_tokenizer():
+def test_default_config_is_valid_and_has_a_demo_sized_vocabulary():
     config = demo_base_recipe()
     config_lib.validate_demo_base(config)
-    assert config.model.vocab_size == Tokenizer().vocab_size
+    assert config.model.tokenizer == "demo" and config.model.vocab_size < Tokenizer().vocab_size
     assert config.train.seq_len <= config.model.max_position_embeddings
 
 
-@pytest.mark.parametrize("key, value", [("train.seq_len", 1000), ("model.vocab_size", 32000),
+def test_the_v3_tokenizer_takes_its_own_vocabulary_size(tmp_path):
+    config = demo_base_recipe()
+    config.model.tokenizer = "mistral_v3"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.vocab_size: must equal .*32768"):
+        config_lib.validate_demo_base(config)
+    config.model.vocab_size = 32768
+    config_lib.validate_demo_base(config)
+    tokenizer = pt.write_tokenizer(config, tmp_path / "unused", tmp_path)
+    assert filecmp.cmp(tmp_path / "tokenizer.model", default_tokenizer_path(), shallow=False)
+    assert tokenizer.vocab_size == 32768
+
+
+@pytest.mark.parametrize("key, value", [("train.seq_len", 1000), ("model.vocab_size", 100),
+                                        ("model.tokenizer", "gpt2"),
                                         ("model.num_kv_heads", 3), ("train.decay", "step"),
                                         ("instruct.rows.U2I", 100), ("instruct.rows.XX", 100),
                                         ("instruct.rows.AP", 0), ("instruct.warmup_steps", 1000),
@@ -97,7 +110,7 @@ def test_loss_starts_at_uniform_and_falls_on_a_fixed_batch(built):
     data = config_lib.synthetic_dir(config.data.scale, config.data.seed, built[0])
     assert (data / synthetic.MARKER).is_file()
     docs = [np.asarray(ids, np.int32) for ids in
-            Tokenizer().encode_batch(pt.load_documents(config, data), add_bos=True, add_eos=True)]
+            Tokenizer(built[1]).encode_batch(pt.load_documents(config, data), add_bos=True, add_eos=True)]
     batch = jnp.asarray(next(pt.batch_stream(docs, 32, 4, seed=0)))
     model = Mistral(pt.model_config(config), rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
@@ -117,7 +130,8 @@ def test_loss_starts_at_uniform_and_falls_on_a_fixed_batch(built):
 def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     _, path = built
     assert (path / pt.MARKER).is_file()
-    assert filecmp.cmp(path / "tokenizer.model", default_tokenizer_path(), shallow=False)
+    tokenizer = Tokenizer(path)
+    assert tokenizer.vocab_size == tiny_config().model.vocab_size == load_hf(path).config.vocab_size
     summary = json.loads((path / pt.LOG_FILE).read_text())
     losses = [entry["loss"] for entry in summary["log"]]
     assert len(losses) == 5 and np.all(np.isfinite(losses))
@@ -126,13 +140,14 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     stage = summary["instruct"]
     assert sum(stage["rows"].values()) + sum(stage["dropped_held_out_inputs"].values()) == 3 + 2
     assert [entry["step"] for entry in stage["log"]] == [1, 2, 3]
-    assert stage["row_length"] <= 192 and stage["answer_slots"] == {"AP": 2, "PRP": 2}  # one answer token and EOS
+    assert set(stage["row_length"]) == {"AP", "PRP"} and max(stage["row_length"].values()) <= 192
+    assert stage["answer_slots"] == {"AP": 2, "PRP": 2}  # one answer token and EOS
     assert stage["batch_rows"] == {"AP": 2, "PRP": 2} and stage["answer_slots_per_batch"] == 8
     for held_out in (stage["valid_before"], stage["valid_after"]):
         assert set(held_out) == {"AP", "PRP"}
         assert all(np.isfinite(v["loss"]) and 0.0 <= v["first_token_accuracy"] <= 1.0 for v in held_out.values())
 
-    ids = np.array([Tokenizer().encode("Acme red steel kettle. Category: Kitchen.", add_bos=True)])
+    ids = np.array([tokenizer.encode("Acme red steel kettle. Category: Kitchen.", add_bos=True)])
     ours = np.asarray(load_hf(path)(jnp.asarray(ids)))
     reference = transformers.MistralForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     with torch.no_grad():
@@ -170,8 +185,9 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     real_train = pt.instruct_train
     monkeypatch.setattr(pt, "instruct_train", lambda model, t, rows, valid, **kw: seen.append(rows) or
                         real_train(model, t, rows, valid, **kw))
+    tokenizer = Tokenizer(built[1])
     summary = pt.run_instruct_stage(Mistral(pt.model_config(config), rngs=nnx.Rngs(0)), config, data_dir,
-                                    Tokenizer(), progress=False)
+                                    tokenizer, progress=False)
     held_out = {formatting.input_text(row["text"][0]) for split in ("valid", "test")
                 for row in map(json.loads,
                                (data_dir / split / "Product_Relation_Prediction.jsonl").read_text().splitlines())}
@@ -180,7 +196,6 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     assert clashing > 0, "PRP's product pairs recur, so some drawn rows are held-out inputs"
     assert summary["dropped_held_out_inputs"]["PRP"] == clashing
     assert summary["rows"]["PRP"] == len(seen[0]["PRP"]) == 300 - clashing
-    tokenizer = Tokenizer()
     trained = {tokenizer.decode([int(t) for t, m in zip(ids, mask) if m]) for ids, mask in
                zip(seen[0]["PRP"].ids, seen[0]["PRP"].mask)}
     kept = {formatting.input_text(row["text"][0]) for row in drawn} - held_out
@@ -225,3 +240,15 @@ def test_demo_base_honours_the_progress_flag(monkeypatch):
     assert str(inputs.resolve_base(c, progress=False)) == "/base"
     assert str(inputs.resolve_base(c)) == "/base"
     assert seen == [{"progress": False}, {"progress": True}]
+
+
+def test_the_demo_base_is_built_on_the_run_s_synthetic_world(monkeypatch):
+    """A run on another synthetic seed or scale gets a base pretrained on that world, in a folder of its own."""
+    c = recipes.load("demo")
+    first = inputs.demo_base_recipe(c)
+    assert (first.data.seed, first.data.scale) == (0, 1)
+    c.data.synthetic_seed = 1
+    second = inputs.demo_base_recipe(c)
+    assert (second.data.seed, second.data.scale) == (1, 1)
+    assert pt.base_dir(first) != pt.base_dir(second)
+    assert inputs.resolve_base(c, build=False) == pt.base_dir(second)

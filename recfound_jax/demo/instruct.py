@@ -9,10 +9,10 @@ from the train side of the synthetic world (`synthetic.extra_train_rows`), never
 and without any row whose input (a product pair, a review, a listing) is a valid or test row's input.
 
 Only the answer tokens reach the LM head: a batch's answer positions are flattened into one index over its
-[rows x tokens] grid and their hidden states gathered, so a step pays the 32768-wide head for the answer
+[rows x tokens] grid and their hidden states gathered, so a step pays the vocabulary-wide head for the answer
 tokens it holds (a one-letter answer: 2, an AVE answer: up to ~40), not for every token nor for padding
-every row to the longest answer. Every batch holds each task's fixed share of rows (`batch_shares`), so
-that count is the same each step and the step compiles once.
+every row to the longest answer. Every step holds each task's fixed share of rows (`batch_shares`), each
+task's rows in a grid of their own length, so the shapes are the same each step and the step compiles once.
 """
 from __future__ import annotations
 
@@ -82,17 +82,6 @@ class AnswerBatch:
         return tuple(jnp.asarray(a) for a in dataclasses.astuple(self))
 
 
-def concat_batches(parts: Sequence[AnswerBatch]) -> AnswerBatch:
-    """One batch of the rows of ``parts`` in order (all of one row length); each part's index is shifted past
-    the rows before it."""
-    grid = parts[0].ids.shape[1]
-    row_offsets = np.cumsum([0] + [len(part.ids) for part in parts[:-1]])
-    return AnswerBatch(np.concatenate([part.ids for part in parts]), np.concatenate([part.mask for part in parts]),
-                       np.concatenate([part.index + offset * grid for part, offset in zip(parts, row_offsets)]),
-                       np.concatenate([part.targets for part in parts]),
-                       np.concatenate([part.weights for part in parts]))
-
-
 def encode_rows(tokenizer: Tokenizer, pairs: Sequence[Pair], length: int | None = None, slots: int | None = None,
                 multiple: int = 8) -> AnswerRows:
     """(prompt, answer) pairs in the GritLM generative format, padded to ``length`` tokens and ``slots`` answer slots.
@@ -128,11 +117,25 @@ def answer_logits(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Ar
     return model.logits_at(hidden.reshape(1, -1, hidden.shape[-1]), index[None])[0]
 
 
+def _summed_answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array, targets: jax.Array,
+                        weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(summed cross-entropy, number) of the answer tokens of one batch."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(answer_logits(model, ids, mask, index), targets)
+    return (losses * weights).sum(), weights.sum()
+
+
 def answer_loss(model: Mistral, ids: jax.Array, mask: jax.Array, index: jax.Array, targets: jax.Array,
                 weights: jax.Array) -> jax.Array:
     """Mean cross-entropy over the answer tokens of the batch (every token weighs the same)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(answer_logits(model, ids, mask, index), targets)
-    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    total, count = _summed_answer_loss(model, ids, mask, index, targets, weights)
+    return total / jnp.maximum(count, 1.0)
+
+
+def parts_answer_loss(model: Mistral, parts: Sequence[tuple[jax.Array, ...]]) -> jax.Array:
+    """Mean cross-entropy over the answer tokens of every part of a step (`batches`): each task's rows in a
+    grid of their own length, every token of every part weighing the same."""
+    sums = [_summed_answer_loss(model, *part) for part in parts]
+    return sum(total for total, _ in sums) / jnp.maximum(sum(count for _, count in sums), 1.0)
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[..., tuple[jax.Array, jax.Array]]:
@@ -184,16 +187,16 @@ def _endless_order(n: int, rng: np.random.Generator) -> Iterator[int]:
         yield from rng.permutation(n)
 
 
-def batches(rows: dict[str, AnswerRows], batch_size: int, seed: int) -> Iterator[tuple[jax.Array, ...]]:
-    """Endless batches (`AnswerBatch.device` tuples) holding each task's `batch_shares` of rows, tasks in order.
+def batches(rows: dict[str, AnswerRows], batch_size: int, seed: int) -> Iterator[tuple[tuple[jax.Array, ...], ...]]:
+    """Endless steps: for each task in order, its `batch_shares` of rows as an `AnswerBatch.device` tuple.
 
-    Each task's rows are drawn in a new random order every pass over them, independently of the other tasks.
-    All tasks' rows must share one length.
+    Each task keeps its rows' own length, so a step pads no task to another's longest row (the shapes are
+    the same every step: one compile). Each task's rows are drawn in a new random order every pass over
+    them, independently of the other tasks. `parts_answer_loss` takes a step.
     """
     shares = batch_shares({task: len(r) for task, r in rows.items()}, batch_size)
     rng = np.random.default_rng(seed)
     orders = {task: _endless_order(len(r), rng) for task, r in rows.items()}
     while True:
-        parts = [rows[task].batch(np.fromiter(itertools.islice(orders[task], shares[task]), np.int64))
-                 for task in rows]
-        yield concat_batches(parts).device()
+        yield tuple(rows[task].batch(np.fromiter(itertools.islice(orders[task], shares[task]), np.int64)).device()
+                    for task in rows)

@@ -1,19 +1,20 @@
 """Pretrain the demo's tiny base Mistral from scratch: full-parameter causal-LM training on the synthetic world.
 
-The corpus (synthetic.pretraining_corpus, optionally plus train-split generative rows as "prompt\\nanswer")
-is tokenized with the real Mistral v3 tokenizer, each document wrapped in BOS/EOS, shuffled and packed
-into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained with AdamW (warmup,
-then cosine or linear decay) in one jitted functional step. When ``config.instruct.rows`` names tasks,
-an instruction stage follows (`recfound_jax.demo.instruct`): every weight trained on the answer tokens of
-fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
-(`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and
-renamed into place, so a directory holding the completion marker is always whole.
+The corpus (synthetic.pretraining_corpus, optionally plus train-split generative rows as "prompt\\nanswer") is
+tokenized with the base's own vocabulary (`recfound_jax.demo.vocabulary`, or the v3 file), each document wrapped
+in BOS/EOS, shuffled and packed into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained
+with AdamW (warmup, then cosine or linear decay) in one jitted functional step. When ``config.instruct.rows``
+names tasks, an instruction stage follows (`recfound_jax.demo.instruct`): every weight trained on the answer
+tokens of fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
+(`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and renamed
+into place, so a directory holding the completion marker is always whole.
 
 ``python -m recfound_jax.demo.pretrain --config demo_base [--config.key=value ...]`` (a recipe's name or path)
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -34,13 +35,13 @@ from recfound_jax import cli, jsonio, recipes
 from recfound_jax import config as config_lib
 from recfound_jax.convert.hf import save_hf
 from recfound_jax.data import formatting
-from recfound_jax.demo import instruct, synthetic, synthetic_world
+from recfound_jax.demo import instruct, synthetic, synthetic_world, vocabulary
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
 from recfound_jax.runs.atomic_dir import build_dir_atomically
 from recfound_jax.tasks import BY_SHORT, GENERATIVE_TASKS
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 
-PRETRAIN_VERSION = "2"  # part of the cache key: bump when the recipe's code changes what it builds
+PRETRAIN_VERSION = "3"  # part of the cache key: bump when the recipe's code changes what it builds
 MARKER = "COMPLETE"
 LOG_FILE = "pretrain_log.json"
 
@@ -159,7 +160,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
     """A jitted step (params, opt_state, *batch) -> (params, opt_state, loss(model, *batch) before the update).
 
     ``params`` is the `BaseParam` state of ``nnx.split(model, BaseParam, ...)``; params and optimizer
-    state are donated. ``loss`` is `lm_loss` (batch: tokens) or `instruct.answer_loss`.
+    state are donated. ``loss`` is `lm_loss` (batch: tokens) or `instruct.parts_answer_loss` (batch: a step's parts).
     """
     def loss_fn(params, *batch):
         return loss(nnx.merge(graphdef, params, rest), *batch)
@@ -233,17 +234,18 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.Answe
                    valid: dict[str, instruct.AnswerRows], *, progress: bool = True) -> dict:
     """Train every BaseParam of ``model`` in place on the answer tokens of ``rows`` for ``t.steps`` (config.instruct).
 
-    ``rows`` maps each task to its rows (all of one length); a batch holds each task's `instruct.batch_shares`.
+    ``rows`` maps each task to its rows (each task's of one length); a step holds each task's
+    `instruct.batch_shares`.
     Returns {"log", "valid_before"/"valid_after": `instruct.held_out` of each task's ``valid`` rows}.
     """
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
     tx = make_optimizer(t)
-    step_fn = make_train_step(graphdef, rest, tx, instruct.answer_loss)
+    step_fn = make_train_step(graphdef, rest, tx, instruct.parts_answer_loss)
     eval_fn = instruct.make_eval_fn(graphdef, rest)
     evaluate = lambda p: {task: instruct.held_out(eval_fn, p, r, t.batch_size) for task, r in valid.items()}
     before = evaluate(params)
-    params, _, log = run_steps(step_fn, params, tx.init(params), instruct.batches(rows, t.batch_size, t.seed), t,
-                               "instruct", progress)
+    steps = ((parts,) for parts in instruct.batches(rows, t.batch_size, t.seed))
+    params, _, log = run_steps(step_fn, params, tx.init(params), steps, t, "instruct", progress)
     nnx.update(model, params)
     return {"log": log, "valid_before": before, "valid_after": evaluate(params)}
 
@@ -275,24 +277,39 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
         encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
         rows[short] = encoded.take(np.arange(len(pairs)))
         valid[short] = encoded.take(len(pairs) + np.arange(len(valid_pairs)))
-    length, limit = max(r.ids.shape[1] for r in rows.values()), config.model.max_position_embeddings
-    if length > limit:
-        raise config_lib.ConfigError(f"config.instruct.rows: their rows need {length} tokens, more than "
-                                     f"model.max_position_embeddings={limit}")
-    rows = {short: r.padded(length) for short, r in rows.items()}  # one grid for every batch: one compile
+    lengths, limit = {short: r.ids.shape[1] for short, r in rows.items()}, config.model.max_position_embeddings
+    if max(lengths.values()) > limit:
+        raise config_lib.ConfigError(f"config.instruct.rows: their rows need {max(lengths.values())} tokens, "
+                                     f"more than model.max_position_embeddings={limit}")
     shares = instruct.batch_shares({short: len(r) for short, r in rows.items()}, t.batch_size)
     begin = time.perf_counter()
     result = instruct_train(model, t, rows, valid, progress=progress)
     return {"rows": {short: len(r) for short, r in rows.items()}, "dropped_held_out_inputs": dropped,
-            "row_length": length, "batch_rows": shares,
+            "row_length": lengths, "batch_rows": shares,
             "answer_slots": {short: r.targets.shape[1] for short, r in rows.items()},
             "answer_slots_per_batch": sum(shares[short] * r.targets.shape[1] for short, r in rows.items()),
             "train_seconds": round(time.perf_counter() - begin, 2), **result}
 
 
+def write_tokenizer(config: ConfigDict, data_dir: Path, target: Path) -> Tokenizer:
+    """``target/tokenizer.model`` for the recipe's model.tokenizer (the demo vocabulary, trained on the world
+    corpus and the train split of ``data_dir``, or a copy of the v3 file), loaded."""
+    out = target / "tokenizer.model"
+    if config.model.tokenizer == "mistral_v3":
+        shutil.copyfile(default_tokenizer_path(), out)
+    else:
+        texts = itertools.chain(synthetic.pretraining_corpus(data_dir), vocabulary.train_split_texts(data_dir))
+        vocabulary.train_vocabulary(texts, config.model.vocab_size, out)
+    tokenizer = Tokenizer(out)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise config_lib.ConfigError(f"config.model.vocab_size: the synthetic corpus gives only "
+                                     f"{tokenizer.vocab_size} pieces; set it to at most that")
+    return tokenizer
+
+
 def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool) -> None:
     begin = time.perf_counter()
-    tokenizer = Tokenizer()
+    tokenizer = write_tokenizer(config, data_dir, target)
     t = config.train
 
     def tokenize(docs):
@@ -311,11 +328,11 @@ def _write_base(config: ConfigDict, target: Path, data_dir: Path, progress: bool
     instruct_summary = (run_instruct_stage(model, config, data_dir, tokenizer, progress)
                         if instruct_enabled(config) else None)
     save_hf(model, target)
-    shutil.copyfile(default_tokenizer_path(), target / "tokenizer.model")
     log = result["log"]
     summary = {
         "config": config.to_dict(), "config_hash": config_hash(config), "data_dir": str(data_dir),
-        "documents": len(token_docs), "corpus_tokens": int(sum(len(d) for d in token_docs)),
+        "tokenizer_pieces": tokenizer.vocab_size, "documents": len(token_docs),
+        "corpus_tokens": int(sum(len(d) for d in token_docs)),
         "tokens_per_step": t.seq_len * t.batch_size, "num_params": model.config.num_params(),
         "initial_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
         "valid_loss_before": result["valid_loss_before"], "valid_loss_after": result["valid_loss_after"],

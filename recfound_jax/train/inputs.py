@@ -16,12 +16,22 @@ from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import Tokenizer
 
 
+def demo_base_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The recipe of the demo base a run uses: model.base_recipe, pretrained on the run's own synthetic world
+    (data.synthetic_scale and data.synthetic_seed) when the run trains on the synthetic data."""
+    base_config = recipes.load(c.model.base_recipe)
+    if c.data.dir == "synthetic":
+        base_config.data.scale = c.data.synthetic_scale
+        base_config.data.seed = c.data.synthetic_seed
+    return base_config
+
+
 def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: bool = True) -> Path:
-    """The base checkpoint directory; "demo" builds (once) the tiny base of the recipe model.base_recipe,
-    with progress bars unless ``progress`` is False."""
+    """The base checkpoint directory; "demo" builds (once) the tiny base of `demo_base_recipe`, with
+    progress bars unless ``progress`` is False."""
     if c.model.base != "demo":
         return Path(c.model.base).absolute()
-    base_config = recipes.load(c.model.base_recipe)
+    base_config = demo_base_recipe(c)
     return Path(pretrain.ensure_base(base_config, progress=progress) if build else pretrain.base_dir(base_config))
 
 
