@@ -134,7 +134,7 @@ def demo_base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.seq_len = 128  # documents are packed into windows of seq_len + 1 tokens
     c.train.batch_size = 8
-    c.train.steps = 400
+    c.train.steps = 500
     c.train.learning_rate = 3e-3
     c.train.warmup_steps = 25
     c.train.decay = "cosine"  # one of DECAYS, from the peak down to end_lr_fraction * peak
@@ -146,12 +146,13 @@ def demo_base_config() -> ml_collections.ConfigDict:
 
     # The instruction stage (recfound_jax.demo.instruct): after the causal-LM stage, every weight trained on
     # the answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
-    # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
+    # finetuning's attention adapters alone learn neither AP's nor PRP's comparisons in the demo. AVE's rows,
+    # the longest, are left out: within the CPU budget the stage did not teach its copying (docs/results.md).
     c.instruct = ml_collections.ConfigDict()
     # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
-    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000, "AVE": 3000}
-    c.instruct.steps = 350
-    c.instruct.batch_size = 32
+    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000}
+    c.instruct.steps = 330
+    c.instruct.batch_size = 25
     c.instruct.learning_rate = 2e-3
     c.instruct.warmup_steps = 10
     c.instruct.decay = "cosine"
