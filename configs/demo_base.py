@@ -1,6 +1,10 @@
-"""The demo's base model: a tiny Mistral with the real Mistral v3 tokenizer, pretrained on the CPU.
+"""The demo's base model: a tiny Mistral with a vocabulary of its own, pretrained on the CPU.
 
 `python -m recfound_jax.demo.pretrain --config demo_base [--config.key=value ...]`
+
+Vocabulary (``model.tokenizer = "demo"``, recfound_jax/demo/vocabulary.py): ``model.vocab_size`` BPE
+pieces trained by sentencepiece on the synthetic world's corpus and train split, with the Mistral v3
+file's conventions. ``"mistral_v3"`` (with vocab_size 32768) takes the real v3 file instead.
 
 Stage 1, causal LM: all weights trained on the synthetic world's plain-text corpus (listings, reviews,
 shopping facts, train users' histories) plus ``data.generative_rows_per_task`` generative rows per task
@@ -13,12 +17,12 @@ Stage 2, instruction (``instruct``, recfound_jax/demo/instruct.py): all weights 
 tokens of fresh train-side rows of AP, PRP, SA and AVE in the finetuning's format (rows whose input is a
 valid or test row's input are dropped), the way an instruction-tuned Mistral can compare two texts and
 copy a value out of a listing before RecFound finetunes it. Without it the finetuning's attention adapters
-never learn AP's or PRP's comparisons nor AVE's copying in the demo. The rows per task were chosen by
-measurement; SA's rows keep the answer letters D and E in use.
+never learn AP's or PRP's comparisons nor AVE's copying in the demo. SA's rows keep the answer letters D
+and E in use.
 
-Cost on CPU: stage 1 is dominated by the LM head over the 32768-token vocabulary, so
-``seq_len * batch_size`` stays near 1k tokens a step; stage 2 applies the LM head at the answer tokens
-only. This recipe's times, losses and accuracies, and the experiments behind the mix: docs/results.md.
+A run of ``python -m recfound_jax.train --config demo`` uses this recipe on its own synthetic world
+(``data.synthetic_seed`` and ``data.synthetic_scale`` replace ``data.seed`` and ``data.scale``). Times,
+losses and accuracies, and the experiments behind the mix: docs/results.md.
 """
 from ml_collections import ConfigDict
 

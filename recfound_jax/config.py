@@ -146,13 +146,12 @@ def demo_base_config() -> ml_collections.ConfigDict:
 
     # The instruction stage (recfound_jax.demo.instruct): after the causal-LM stage, every weight trained on
     # the answer tokens of fresh train-side rows of these tasks, as an LLM's instruction tuning would. The
-    # finetuning's attention adapters alone learn neither AP's nor PRP's comparisons in the demo. AVE's rows,
-    # the longest, are left out: within the CPU budget the stage did not teach its copying (docs/results.md).
+    # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
     c.instruct = ml_collections.ConfigDict()
     # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
-    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000}
+    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000, "AVE": 3000}
     c.instruct.steps = 330
-    c.instruct.batch_size = 25
+    c.instruct.batch_size = 32
     c.instruct.learning_rate = 2e-3
     c.instruct.warmup_steps = 10
     c.instruct.decay = "cosine"
