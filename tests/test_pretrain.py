@@ -141,8 +141,12 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     assert sum(stage["rows"].values()) + sum(stage["dropped_held_out_inputs"].values()) == 3 + 2
     assert [entry["step"] for entry in stage["log"]] == [1, 2, 3]
     assert set(stage["row_length"]) == {"AP", "PRP"} and max(stage["row_length"].values()) <= 192
-    assert stage["answer_slots"] == {"AP": 2, "PRP": 2}  # one answer token and EOS
-    assert stage["batch_rows"] == {"AP": 2, "PRP": 2} and stage["answer_slots_per_batch"] == 8
+    after_newline = formatting.Formatter(tokenizer).encode_after_newline  # answers follow "<|assistant|>\n"
+    slots = {"AP": 1 + max(len(after_newline([a])[0]) for a in ("yes", "no")),  # the answer's pieces and EOS
+             "PRP": 1 + max(len(after_newline([a])[0]) for a in "ABC")}
+    assert stage["answer_slots"] == slots
+    assert stage["batch_rows"] == {"AP": 2, "PRP": 2}
+    assert stage["answer_slots_per_batch"] == 2 * slots["AP"] + 2 * slots["PRP"]
     for held_out in (stage["valid_before"], stage["valid_after"]):
         assert set(held_out) == {"AP", "PRP"}
         assert all(np.isfinite(v["loss"]) and 0.0 <= v["first_token_accuracy"] <= 1.0 for v in held_out.values())
