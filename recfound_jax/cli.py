@@ -97,8 +97,8 @@ def restart_with_hugepages() -> None:
     RECFOUND_HUGEPAGES is 0, or this is not Linux with glibc 2.35 or later.
 
     XLA on the CPU maps each step's temporary buffers afresh, and with 4 KiB pages the kernel's page faults
-    took 40% of a demo base step (54,600 a step); with the tunable, malloc asks for transparent huge pages
-    and a step faults about 450 times (docs/results.md). It is read when the process starts, hence the exec.
+    take much of a small model's step; with the tunable, malloc asks for transparent huge pages instead
+    (measured: docs/results.md, scripts/bench_hugepages.py). It is read when the process starts, hence the exec.
     """
     libc, version = platform.libc_ver()
     if (sys.platform != "linux" or libc != "glibc" or "GLIBC_TUNABLES" in os.environ
