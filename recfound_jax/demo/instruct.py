@@ -51,14 +51,6 @@ class AnswerRows:
         """The rows at ``index``."""
         return AnswerRows(*(a[index] for a in dataclasses.astuple(self)))
 
-    def padded(self, length: int) -> AnswerRows:
-        """The same rows right-padded to ``length`` tokens (at least their current length)."""
-        extra = length - self.ids.shape[1]
-        if extra < 0:
-            raise ValueError(f"rows of {self.ids.shape[1]} tokens cannot be padded to {length}")
-        pad = lambda a: np.pad(a, ((0, 0), (0, extra)))
-        return dataclasses.replace(self, ids=pad(self.ids), mask=pad(self.mask))
-
     def batch(self, index: np.ndarray) -> AnswerBatch:
         """The rows at ``index`` as an `AnswerBatch`: every row's K slots, empty ones included (weight 0)."""
         rows = self.take(index)
