@@ -39,8 +39,9 @@ def train_split_texts(data_dir: str | os.PathLike) -> Iterator[str]:
 def train_vocabulary(texts: Iterable[str], vocab_size: int, out_file: str | os.PathLike) -> Path:
     """Train a BPE SentencePiece model of at most ``vocab_size`` pieces on ``texts`` into ``out_file``.
 
-    The size is a ceiling: a corpus with fewer distinct pieces gives a smaller model (the base's embedding
-    then has unused rows). Deterministic for the same texts in the same order.
+    The size is a ceiling: a corpus with fewer distinct pieces gives a smaller model (the base build,
+    `pretrain.write_tokenizer`, refuses one smaller than model.vocab_size). Deterministic for the same texts
+    in the same order.
     """
     if vocab_size < DEMO_MIN_VOCAB:
         raise ValueError(f"vocab_size={vocab_size}: a byte-fallback vocabulary needs at least {DEMO_MIN_VOCAB} pieces")
