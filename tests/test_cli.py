@@ -142,3 +142,16 @@ def test_a_command_restarts_once_with_huge_pages_unless_told_not_to():
     assert run() == ["start", "start", f"{cli.HUGEPAGE_TUNABLE} ['--flag']"]
     assert run(RECFOUND_HUGEPAGES="0") == ["start", "None ['--flag']"]
     assert run(GLIBC_TUNABLES="glibc.malloc.check=0") == ["start", "glibc.malloc.check=0 ['--flag']"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tunables are Linux's")
+def test_python_m_restarts_before_importing_jax():
+    """``python -m recfound_jax.<command>`` re-executes while the package itself is being imported: Python's
+    import log (-X importtime, kept by the exec) shows the CLI module imported by both processes, JAX by one."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RECFOUND_HUGEPAGES")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "recfound_jax.merge", "--help"], env=environ,
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("recfound_jax.cli") == 2
+    assert imported.count("jax") == 1
+    assert done.stdout.count("flags:") == 1

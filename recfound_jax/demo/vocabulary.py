@@ -45,9 +45,12 @@ def train_vocabulary(texts: Iterable[str], vocab_size: int, out_file: str | os.P
     """
     if vocab_size < DEMO_MIN_VOCAB:
         raise ValueError(f"vocab_size={vocab_size}: a byte-fallback vocabulary needs at least {DEMO_MIN_VOCAB} pieces")
+    # Read every text here, not from inside the trainer: an exception raised in its callback (SIGTERM's
+    # SystemExit, `cli.run`) comes back out of the C++ code as a RuntimeError.
+    sentences = list(texts)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False,
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False,
         model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
