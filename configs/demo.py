@@ -34,4 +34,10 @@ def get_config():
     c.s2sched.window = 16
     c.s2sched.update_every = 2  # the probe forward every other step: on the CPU it costs a third of a step
     c.s2sched.warmup_ratio = 0.1
+    # answers in the demo vocabulary: a yes/no or letter may take two pieces before the EOS; the profiles
+    # and documents' answers are under 100 tokens
+    for short in ("SR", "PRP", "PM", "SA", "AP"):
+        c.eval.max_new_tokens[short] = 4
+    for short in ("UP", "IP", "AG"):
+        c.eval.max_new_tokens[short] = 128
     return c

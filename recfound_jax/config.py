@@ -19,7 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from recfound_jax import jsonio, parallel, recipes
-from recfound_jax.tasks import GENERATIVE_TASKS
+from recfound_jax.tasks import GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS
 from recfound_jax.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -100,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0  # evaluate on a fixed subset every N steps; 0 = only at the end
     c.eval.subset = 20  # rows per task in that subset
+    # each generative task's budget of new tokens in `python -m recfound_jax.evaluate` (the released ones)
+    c.eval.max_new_tokens = ml_collections.ConfigDict(dict(RELEASED_MAX_NEW_TOKENS))
     return c
 
 
@@ -184,6 +186,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check_train(c.train)
     _check_s2sched(c.s2sched)
     _check_mesh(c, device_count)
+    _check_eval(c.eval)
 
 
 def section_defaults(section: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -266,6 +269,13 @@ def _check_s2sched(s: ml_collections.ConfigDict) -> None:
     _check(s.probe_size >= 1, "s2sched.probe_size", f"must be >= 1, got {s.probe_size}")
     _check(s.update_every >= 1, "s2sched.update_every", f"must be >= 1, got {s.update_every}")
     _check_bool(s.floor, "s2sched.floor")
+
+
+def _check_eval(e: ml_collections.ConfigDict) -> None:
+    _check(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
+    _check(e.subset >= 1, "eval.subset", f"must be >= 1, got {e.subset}")
+    for short, budget in e.max_new_tokens.items():
+        _check(budget >= 1, f"eval.max_new_tokens.{short}", f"must be >= 1, got {budget}")
 
 
 def _check_mesh(c: ml_collections.ConfigDict, device_count: int | None) -> None:

@@ -46,6 +46,12 @@ NUM_TASKS = len(TASKS)
 NONE_TASK_ID = NUM_TASKS  # the extra row of the task-embedding table
 TASK_TABLE_SIZE = NUM_TASKS + 1
 
+# The released evaluation's max new tokens of each generative task: one token for an option letter or
+# yes/no, 256 for QR and AVE, 2,048 for the profiles and answers. A run's eval.max_new_tokens starts here.
+RELEASED_MAX_NEW_TOKENS: dict[str, int] = {
+    "QR": 256, "SR": 1, "PRP": 1, "SA": 1, "AVE": 256, "PM": 1, "UP": 2048, "IP": 2048, "AP": 1, "AG": 2048,
+}
+
 BY_NAME: dict[str, Task] = {t.name: t for t in TASKS}
 BY_SHORT: dict[str, Task] = {t.short: t for t in TASKS}
 EMBEDDING_TASKS: tuple[Task, ...] = tuple(t for t in TASKS if t.kind == "embedding")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recfound_jax import config as config_lib
+from recfound_jax import recipes
 from recfound_jax.data import records
 from recfound_jax.demo import synthetic
 from recfound_jax.evaluate import plots, report, runner
@@ -21,7 +23,7 @@ from recfound_jax.evaluate.__main__ import main
 from recfound_jax.evaluate.report import default_out_dir
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASKS, get_task
+from recfound_jax.tasks import RELEASED_MAX_NEW_TOKENS, TASKS, get_task
 from recfound_jax.train.trainer import train
 from tests.train_fixtures import tiny_config, write_tiny_base
 
@@ -85,9 +87,18 @@ class OracleModel:
         means = [np.mean([_unit_vector(t) for t in self.positives[(task, pair)]], axis=0) for pair in pairs]
         return np.stack([m / np.linalg.norm(m) for m in means])
 
-    def generate(self, prompts, *, task, max_new_tokens=64, batch_size=16):
+    @property
+    def tokenizer(self) -> OracleModel:
+        return self  # each answer is one token: its index in `vocabulary`
+
+    def generate_ids(self, prompts, *, task, max_new_tokens=64, batch_size=16):
         self.budgets[task] = max_new_tokens
-        return [self.answers[p] for p in prompts]
+        answers = [self.answers[p] for p in prompts]
+        self.vocabulary = sorted(set(answers))
+        return [np.asarray([self.vocabulary.index(a)]) for a in answers]
+
+    def decode(self, ids):
+        return "".join(self.vocabulary[i] for i in ids)
 
 
 def test_oracle_scores_one_on_every_task(data_dir):
@@ -107,7 +118,9 @@ def test_oracle_scores_one_on_every_task(data_dir):
                 assert r["catalog"]["recall@1"] == pytest.approx(1.0)
             assert r["catalog_size"] <= r["pool_size"]
         else:
-            assert oracle.budgets[task.name] == runner.generation_budget(task)
+            assert oracle.budgets[task.name] == r["max_new_tokens"] == RELEASED_MAX_NEW_TOKENS[task.short]
+            # the oracle's one-token answers never end with an EOS: they fill a budget of 1
+            assert r["hit_max_new_tokens"] == (r["n"] if r["max_new_tokens"] == 1 else 0)
             assert len(r["examples"]) == runner.NUM_EXAMPLES
             assert r["examples"][0]["prediction"] == r["examples"][0]["reference"]
     json.dumps(result)  # metrics.json material
@@ -125,14 +138,35 @@ def test_stride_and_limit_choose_the_queries_but_not_the_pool(data_dir):
     assert strided["tasks"][get_task("SR").name]["n"] == 4
 
 
-def test_generation_budgets():
-    assert runner.generation_budget(get_task("SR")) == 4
-    assert runner.generation_budget(get_task("PM")) == 4
-    assert runner.generation_budget(get_task("QR")) == 256
-    assert runner.generation_budget(get_task("AVE")) == 256
-    assert runner.generation_budget(get_task("UP")) == runner.DEFAULT_MAX_NEW_TOKENS
-    assert runner.generation_budget(get_task("AVE"), 8) == 8
-    assert runner.generation_budget(get_task("SA"), 8) == 4
+def test_generation_budgets_are_the_released_ones_unless_the_config_or_the_caller_sets_them():
+    released = runner.generation_budgets()
+    assert released == {"QR": 256, "SR": 1, "PRP": 1, "SA": 1, "AVE": 256, "PM": 1, "UP": 2048, "IP": 2048,
+                        "AP": 1, "AG": 2048}
+    assert runner.generation_budgets(config_lib.base_config()) == released
+    demo = recipes.load("demo")
+    assert runner.generation_budgets(demo)["PM"] == 4 and runner.generation_budgets(demo)["UP"] == 128
+    assert runner.generation_budgets(demo, {"UP": 4096, "Sentiment_Analysis": 1})["UP"] == 4096  # raised
+    assert runner.generation_budgets(demo, {"SA": 1})["SA"] == 1  # lowered
+    assert set(runner.generation_budgets(demo, 7).values()) == {7}
+    with pytest.raises(ValueError, match="U2I is an embedding task"):
+        runner.generation_budgets(None, {"U2I": 3})
+    with pytest.raises(ValueError, match="a budget is at least 1"):
+        runner.generation_budgets(None, {"SR": 0})
+
+
+def test_a_generated_answer_that_fills_its_budget_is_counted(data_dir):
+    """A model whose answers never end: every output of every task hits its budget."""
+    class Endless(OracleModel):
+        def generate_ids(self, prompts, *, task, max_new_tokens=64, batch_size=16):
+            self.vocabulary = ["x"]
+            return [np.zeros(max_new_tokens, np.int64) for _ in prompts]
+
+    result = runner.evaluate(Endless(data_dir, "test"), str(data_dir), tasks=["SR", "UP"], max_new_tokens={"UP": 5},
+                             limit_per_task=3, progress=False)
+    assert result["max_new_tokens"] == {"SR": 1, "UP": 5}
+    for r in result["tasks"].values():
+        assert r["hit_max_new_tokens"] == 3
+    assert result["tasks"][get_task("UP").name]["examples"][0]["prediction"] == "xxxxx"
 
 
 # ---------------------------------------------------------------- report
@@ -204,7 +238,7 @@ def test_plots_write_pngs(tmp_path):
 
 def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["--run", str(run_dir), "--limit", "2", "--max_new_tokens", "2", "--noprogress",
+    assert main(["--run", str(run_dir), "--limit", "2", "--max_new_tokens", "2,UP=3", "--noprogress",
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {t.name for t in TASKS}
@@ -212,7 +246,10 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
     for name, r in metrics["tasks"].items():
         assert r["score"] is not None and 0.0 <= r["score"] <= 1.0, name
         assert r["n"] == 2, name
+    assert metrics["max_new_tokens"] == {**dict.fromkeys(RELEASED_MAX_NEW_TOKENS, 2), "UP": 3}
+    assert metrics["tasks"][get_task("UP").name]["max_new_tokens"] == 3
     results = (out / "results.md").read_text()
+    assert "| Max new tokens (hit) |" in results
     assert "| Model | QR | AVE | AG | SR | SA | UP | AP | PRP | PM | IP |" in results
     assert "| Model | I2I | Q2I | U2I |" in results
     assert "| chance |" in results
@@ -234,6 +271,19 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
     assert "| w/o finetuning |" in base_md and "| tiny |" in base_md
     assert not (base_out / "routing.png").exists()
     assert body["tiny"][3] == f"{metrics['tasks'][get_task('SR').name]['score']:.3f}"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("UP=0", "--max_new_tokens UP: '0' is not a positive number of tokens"),
+    ("XX=3", "--max_new_tokens: unknown task 'XX'"),
+    ("U2I=3", "--max_new_tokens: U2I is an embedding task"),
+    ("many", "--max_new_tokens: 'many' is not a positive number of tokens"),
+])
+def test_a_bad_budget_flag_is_one_usage_error(flag, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", "no_such_run", "--max_new_tokens", flag])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_default_out_dir_names():

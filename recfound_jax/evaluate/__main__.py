@@ -1,5 +1,5 @@
 """python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks QR,SA] [--base_only]
-[--limit N] [--baseline NAME=path/to/metrics.json ...] [--out DIR]
+[--limit N] [--max_new_tokens N | TASK=N,...] [--baseline NAME=path/to/metrics.json ...] [--out DIR]
 
 Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
 into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base_only; a split other than
@@ -23,7 +23,7 @@ from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.offline import go_offline
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASKS
+from recfound_jax.tasks import TASKS, get_task
 
 FLAGS = flags.FlagValues()
 _RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
@@ -36,8 +36,9 @@ _BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model with
 _LIMIT = flags.DEFINE_integer("limit", None, "rows (embedding: queries) per task", flag_values=FLAGS)
 _EMBEDDING_STRIDE = flags.DEFINE_integer("embedding_stride", 1, "evaluate every N-th embedding row (the released "
                                          "protocol: 10)", lower_bound=1, flag_values=FLAGS)
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "cap on generated tokens for every task",
-                                       flag_values=FLAGS)
+_MAX_NEW_TOKENS = flags.DEFINE_list("max_new_tokens", None, "generation budgets replacing the run config's "
+                                    "eval.max_new_tokens: N for every task and/or TASK=N items (e.g. 16,UP=512)",
+                                    flag_values=FLAGS)
 _BERTSCORE_MODEL = flags.DEFINE_string("bertscore_model", None, "local encoder directory for BERTScore on QR/AG/UP/IP "
                                        "(default: token F1)", flag_values=FLAGS)
 _BASELINES = flags.DEFINE_multi_string("baseline", [], "NAME=path/to/metrics.json: another model's row in the "
@@ -47,6 +48,33 @@ _OUT = flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
 flags.register_validator("baseline", lambda specs: all("=" in spec for spec in specs),
                          "--baseline takes NAME=path/to/metrics.json", flag_values=FLAGS)
+
+
+def parse_budgets(specs: Sequence[str] | None) -> dict[str, int] | None:
+    """--max_new_tokens: None, or budgets by task short name from "N" (every generative task) and
+    "TASK=N" items, later items winning: "64", "UP=512,SR=4", "16,UP=512"."""
+    if not specs:
+        return None
+    budgets: dict[str, int] = {}
+    for spec in specs:
+        task, sep, value = spec.rpartition("=")
+        if not sep:
+            budgets.update(dict.fromkeys(runner.generation_budgets(), _budget("--max_new_tokens", value)))
+            continue
+        try:
+            short = get_task(task.strip()).short
+        except KeyError as err:
+            cli.usage_error(f"--max_new_tokens: {err.args[0]}")
+        if short not in runner.generation_budgets():
+            cli.usage_error(f"--max_new_tokens: {short} is an embedding task; it generates nothing")
+        budgets[short] = _budget(f"--max_new_tokens {task}", value)
+    return budgets
+
+
+def _budget(where: str, value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        cli.usage_error(f"{where}: {value!r} is not a positive number of tokens")
+    return int(value)
 
 
 def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[Path]:
@@ -66,6 +94,7 @@ def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[P
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, then write metrics.json, results.md and the plots; print the tables."""
     cli.parse(FLAGS, argv, __doc__)
+    budgets = parse_budgets(_MAX_NEW_TOKENS.value)
     go_offline()
     run_dir, split, base_only = Path(_RUN.value), _SPLIT.value, _BASE_ONLY.value
     data_dir = _DATA.value or rundir.read_run_info(run_dir).get("data")
@@ -73,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.usage_error(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
     rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only)
     metrics = runner.evaluate(rf, data_dir, split=split, tasks=_TASKS.value, limit_per_task=_LIMIT.value,
-                              embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+                              embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=budgets,
                               progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value)
     name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
     metrics.update(run_dir=str(run_dir), base_only=base_only, model=name)

@@ -84,17 +84,19 @@ def embedding_table(rows: Sequence[Row], *, digits: int = 3) -> str:
 
 def task_detail_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
     """Per task: metric, score, rows scored, invalid outputs (generative) or skipped queries
-    (embedding), and seconds."""
+    (embedding), the generation budget and how many outputs reached it without an EOS, and seconds."""
     body = []
     for task in TASKS:
         r = metrics["tasks"].get(task.name)
         if r is None:
             continue
         other = r.get("invalid", r.get("skipped"))
+        budget = f"{r['max_new_tokens']} ({r['hit_max_new_tokens']})" if "hit_max_new_tokens" in r else MISSING
         body.append([task.short, task.name, task.metric, _format(_number(r.get("score")), digits),
-                     str(r.get("n", 0)), MISSING if other is None else str(other),
+                     str(r.get("n", 0)), MISSING if other is None else str(other), budget,
                      _format(r.get("seconds"), 1)])
-    return markdown_table(["Task", "Name", "Metric", "Score", "n", "Invalid / skipped", "Seconds"], body, left=3)
+    return markdown_table(["Task", "Name", "Metric", "Score", "n", "Invalid / skipped", "Max new tokens (hit)",
+                           "Seconds"], body, left=3)
 
 
 def catalog_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:

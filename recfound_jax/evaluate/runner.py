@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,32 +25,34 @@ from tqdm.auto import tqdm
 from recfound_jax.data import records as records_lib
 from recfound_jax.evaluate import metrics, retrieval
 from recfound_jax.inference.recfound import RecFound
-from recfound_jax.tasks import TASKS, Task, get_task
+from recfound_jax.tasks import RELEASED_MAX_NEW_TOKENS, TASKS, Task, get_task
 
-# The tasks whose answer is one option letter or yes/no: the released scripts decode 1 token, but
-# with the Mistral tokenizer "yes" or a letter may take more than one piece before the EOS.
-SHORT_ANSWER_TASKS = frozenset({"SR", "PRP", "PM", "SA", "AP"})
-SHORT_ANSWER_TOKENS = 4
-LONG_ANSWER_TASKS = frozenset({"QR", "AVE"})
-LONG_ANSWER_TOKENS = 256
-DEFAULT_MAX_NEW_TOKENS = 128  # the other text tasks (released: 2048)
 NUM_EXAMPLES = 3
 EXAMPLE_PROMPT_CHARS = 300
 SAMPLED_NEGATIVES = {"U2I": 19, "Q2I": 19, "I2I": 5}
 SAMPLED_K = 20
 SEED = 42
+Budgets = int | Mapping[str, int]
 
 
-def generation_budget(task: Task, max_new_tokens: int | None = None) -> int:
-    """Max new tokens for a generative task: 4 for letter and yes/no answers, 256 for QR and AVE,
-    128 otherwise; ``max_new_tokens`` (when given) caps every task."""
-    if task.short in SHORT_ANSWER_TASKS:
-        budget = SHORT_ANSWER_TOKENS
-    elif task.short in LONG_ANSWER_TASKS:
-        budget = LONG_ANSWER_TOKENS
-    else:
-        budget = DEFAULT_MAX_NEW_TOKENS
-    return budget if max_new_tokens is None else min(budget, max_new_tokens)
+def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> dict[str, int]:
+    """Max new tokens of each generative task, by short name: the run config's eval.max_new_tokens (the
+    released budgets, `RELEASED_MAX_NEW_TOKENS`, for a config without them), then ``overrides``: one
+    budget for every task, or a budget per task (short or full name), raising or lowering the config's."""
+    eval_section = getattr(config, "eval", None) if config is not None else None
+    budgets = dict(RELEASED_MAX_NEW_TOKENS)
+    if eval_section is not None and "max_new_tokens" in eval_section:
+        budgets.update(eval_section.max_new_tokens.to_dict())
+    if isinstance(overrides, int):
+        overrides = {short: overrides for short in budgets}
+    for key, budget in (overrides or {}).items():
+        task = get_task(key)
+        if task.is_embedding:
+            raise ValueError(f"max_new_tokens: {task.short} is an embedding task; it generates nothing")
+        if budget < 1:
+            raise ValueError(f"max_new_tokens: {task.short}={budget}; a budget is at least 1 token")
+        budgets[task.short] = int(budget)
+    return budgets
 
 
 def load_task_rows(data_dir: str, split: str, tasks: Sequence[Task]) -> dict[str, list[records_lib.Record]]:
@@ -70,17 +72,19 @@ def evaluate_generative(
     task: Task,
     rows: Sequence[records_lib.GenerativeRecord],
     *,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int,
     batch_size: int = 16,
     bertscore_model: str | None = None,
 ) -> dict[str, Any]:
-    """Generate from each row's last prompt and score against its last answer."""
+    """Generate up to ``max_new_tokens`` from each row's last prompt and score against its last answer;
+    ``hit_max_new_tokens`` counts the outputs that reached the budget without an EOS."""
     prompts = [row.turns[-1][0] for row in rows]
     references = [row.turns[-1][1] for row in rows]
-    budget = generation_budget(task, max_new_tokens)
-    predictions = rf.generate(prompts, task=task.name, max_new_tokens=budget, batch_size=batch_size)
+    ids = rf.generate_ids(prompts, task=task.name, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    predictions = [rf.tokenizer.decode(row) for row in ids]
     result = metrics.score_task(task.name, predictions, references, bertscore_model=bertscore_model)
-    result["max_new_tokens"] = budget
+    result["max_new_tokens"] = max_new_tokens
+    result["hit_max_new_tokens"] = sum(len(row) >= max_new_tokens for row in ids)
     result["examples"] = [
         {"prompt": p[-EXAMPLE_PROMPT_CHARS:], "prediction": pred, "reference": ref}
         for p, pred, ref in list(zip(prompts, predictions, references))[:NUM_EXAMPLES]
@@ -216,7 +220,7 @@ def evaluate(
     tasks: Iterable[str | int] | None = None,
     limit_per_task: int | None = None,
     embedding_stride: int = 1,
-    max_new_tokens: int | None = None,
+    max_new_tokens: Budgets | None = None,
     progress: bool = True,
     bertscore_model: str | None = None,
 ) -> dict[str, Any]:
@@ -228,9 +232,11 @@ def evaluate(
     per task (generative rows; embedding queries after the stride), while the embedding candidate
     pool and catalog always hold every passage of the split. A task with no rows in the split is
     reported with ``score`` None and ``n`` 0. The released protocol uses ``embedding_stride=10``.
+    Generation budgets: `generation_budgets` of the model's run config and ``max_new_tokens``.
     """
     if embedding_stride < 1:
         raise ValueError(f"embedding_stride must be >= 1, got {embedding_stride}")
+    budgets = generation_budgets(getattr(rf, "config", None), max_new_tokens)
     selected = _select_tasks(tasks)
     rows = load_task_rows(data_dir, split, selected)
     start = time.perf_counter()
@@ -246,7 +252,7 @@ def evaluate(
                                         limit=limit_per_task)
         else:
             result = evaluate_generative(rf, task, rows[task.name][:limit_per_task],
-                                         max_new_tokens=max_new_tokens, bertscore_model=bertscore_model)
+                                         max_new_tokens=budgets[task.short], bertscore_model=bertscore_model)
         result.update(short=task.short, kind=task.kind, metric=task.metric,
                       seconds=round(time.perf_counter() - task_start, 3))
         results[task.name] = result
@@ -257,7 +263,7 @@ def evaluate(
         "step": getattr(rf, "step", None),
         "limit_per_task": limit_per_task,
         "embedding_stride": embedding_stride,
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": {t.short: budgets[t.short] for t in selected if not t.is_embedding},
         "seconds": round(time.perf_counter() - start, 3),
         "tasks": results,
     }
@@ -277,7 +283,7 @@ def evaluate_subset(
     max_new_tokens: int = SUBSET_MAX_NEW_TOKENS,
 ) -> dict[str, float]:
     """A quick evaluation during training: ``{"eval/<task name>": score}`` on the first
-    ``limit_per_task`` rows of each task, answers capped at ``max_new_tokens``, no progress bar.
+    ``limit_per_task`` rows of each task, each task's budget capped at ``max_new_tokens``, no progress bar.
 
     ``model_or_rf`` is a `RecFound`, or a `Mistral` with its run ``config`` and ``tokenizer``.
     Keep one RecFound across calls: its jitted encoder and generator compile once and read the
@@ -288,6 +294,7 @@ def evaluate_subset(
         if config is None or tokenizer is None:
             raise ValueError("evaluate_subset of a bare model needs its config and tokenizer")
         rf = RecFound(model_or_rf, config, tokenizer)
-    result = evaluate(rf, data_dir, split=split, limit_per_task=limit_per_task,
-                      max_new_tokens=max_new_tokens, progress=False)
+    capped = {short: min(budget, max_new_tokens) for short, budget in generation_budgets(rf.config).items()}
+    result = evaluate(rf, data_dir, split=split, limit_per_task=limit_per_task, max_new_tokens=capped,
+                      progress=False)
     return {f"eval/{name}": float(r["score"]) for name, r in result["tasks"].items() if r["score"] is not None}
