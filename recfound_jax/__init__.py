@@ -31,7 +31,7 @@ _HOMES = {
     "TMoLEConfig": "recfound_jax.model.tmole",
     "Tokenizer": "recfound_jax.tokenizer",
 }
-__all__ = sorted(_HOMES)
+__all__ = ["Mistral", "MistralConfig", "RecFound", "TMoLEConfig", "Tokenizer", "load_hf", "save_hf"]
 __version__ = "0.1.0"
 
 

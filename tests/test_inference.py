@@ -49,6 +49,7 @@ def _leaves(tree) -> list[np.ndarray]:
 
 def test_the_package_exposes_the_inference_api(run_dir):
     assert recfound_jax.RecFound is RecFound and "RecFound" in recfound_jax.__all__
+    assert all(callable(getattr(recfound_jax, name)) for name in recfound_jax.__all__)  # each loads on first use
     assert isinstance(recfound_jax.RecFound.from_run(run_dir), RecFound)
     with pytest.raises(AttributeError, match="no attribute 'Recfound'"):
         _ = recfound_jax.Recfound
