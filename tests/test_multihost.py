@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ def _env(cache: Path, port: int, index: int) -> dict[str, str]:
     env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
                 "JAX_DEFAULT_MATMUL_PRECISION": "highest", "PYTHONUNBUFFERED": "1", "RECFOUND_CACHE": str(cache),
                 "PYTHONPATH": str(REPO), distributed.COORDINATOR: f"127.0.0.1:{port}",
+                # the resumed processes compile what the first ones did: JAX's compilation cache serves it
+                "JAX_COMPILATION_CACHE_DIR": str(Path(tempfile.gettempdir()) / "recfound-tests-jax-cache"),
                 distributed.NUM_PROCESSES: str(PROCESSES), distributed.PROCESS_ID: str(index)})
     return env
 

@@ -98,9 +98,11 @@ def test_gradcache_equals_unchunked(chunk):
     parts = step_lib.ModelParts.of(_model())
     batch = _emb_batch()
     key = jax.random.key(0)
-    direct = step_lib.embedding_loss_and_grads(parts, parts.params, parts.base, batch, key, step_options())
-    cached = step_lib.embedding_loss_and_grads(parts, parts.params, parts.base, batch, key,
-                                               step_options(gradcache_chunk=chunk))
+    def loss_and_grads(options):  # jitted as the trainer runs it (op by op, the chunk loop took minutes)
+        return jax.jit(lambda params: step_lib.embedding_loss_and_grads(parts, params, parts.base, batch, key,
+                                                                        options))(parts.params)
+
+    direct, cached = loss_and_grads(step_options()), loss_and_grads(step_options(gradcache_chunk=chunk))
     np.testing.assert_allclose(cached[0], direct[0], rtol=1e-5)
     chex.assert_trees_all_close(cached[1], direct[1], atol=1e-4, rtol=1e-4)
 
