@@ -279,7 +279,8 @@ def _check_s2sched(s: ml_collections.ConfigDict) -> None:
     _check(s.warmup_steps >= -1, "s2sched.warmup_steps",
            f"must be >= 0, or -1 to use s2sched.warmup_ratio, got {s.warmup_steps}")
     _check(s.probe_size >= 1, "s2sched.probe_size", f"must be >= 1, got {s.probe_size}")
-    _check(s.probe_sampling in PROBE_SAMPLING, "s2sched.probe_sampling", f"{s.probe_sampling!r} not in {PROBE_SAMPLING}")
+    _check(s.probe_sampling in PROBE_SAMPLING, "s2sched.probe_sampling",
+           f"{s.probe_sampling!r} not in {PROBE_SAMPLING}")
     _check(s.update_every >= 1, "s2sched.update_every", f"must be >= 1, got {s.update_every}")
     _check_bool(s.floor, "s2sched.floor")
 

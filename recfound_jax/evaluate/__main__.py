@@ -48,6 +48,9 @@ _MAX_NEW_TOKENS = flags.DEFINE_list("max_new_tokens", None, "generation budgets 
                                     flag_values=FLAGS)
 _BERTSCORE_MODEL = flags.DEFINE_string("bertscore_model", None, "local encoder directory for BERTScore on QR/AG/UP/IP "
                                        "(default: token F1)", flag_values=FLAGS)
+_BERTSCORE_LAYER = flags.DEFINE_integer("bertscore_layer", 14, "the --bertscore_model layer whose hidden states are "
+                                        "matched (released: 14 of longformer-large-4096; 0 = the embeddings)",
+                                        lower_bound=0, flag_values=FLAGS)
 _BASELINES = flags.DEFINE_multi_string("baseline", [], "NAME=path/to/metrics.json: another model's row in the "
                                        "tables", flag_values=FLAGS)
 _NAME = flags.DEFINE_string("name", None, "the model's row name in the tables", flag_values=FLAGS)
@@ -118,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only, prompt_format=_PROMPT_FORMAT.value)
     metrics = runner.evaluate(rf, data_dir, split=split, tasks=_TASKS.value, limit_per_task=_LIMIT.value,
                               embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=budgets,
-                              progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value)
+                              progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value,
+                              bertscore_layer=_BERTSCORE_LAYER.value)
     name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
     metrics.update(run_dir=str(run_dir), base_only=base_only, model=name, prompt_format=rf.prompt_format)
     routing = task_routing(rf, base_only)
