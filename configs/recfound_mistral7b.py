@@ -5,7 +5,7 @@ mistralai/Mistral-7B-Instruct-v0.3 (safetensors) and the released dataset (hub n
 Global batches are 2048 embedding and 1024 generative samples a step (docs/method.md, "Training
 recipe"); GradCache chunks and generative micro-batches of one sample per device keep activations within
 an 80 GB H100 (scripts/plan_7b.py).
-3 epochs of the released train split is about 360 steps at these batch sizes.
+Steps: 3 epochs of the train split (train.epochs, counted as the released trainer counts them).
 """
 from recfound_jax.config import base_config
 
@@ -25,7 +25,6 @@ def get_config():
     c.tmole.num_embedding, c.tmole.num_shared, c.tmole.num_generative = 2, 2, 2
     c.tmole.rank, c.tmole.alpha, c.tmole.dropout = 16, 64.0, 0.1
     c.tmole.task_embedding_dim = 512
-    c.train.steps = 360
     c.train.embedding_batch = 2048
     c.train.generative_batch = 1024
     c.train.learning_rate = 2e-5
@@ -38,6 +37,8 @@ def get_config():
     c.s2sched.window = 64
     c.s2sched.tau = 10.0
     c.s2sched.warmup_ratio = 0.1
-    c.s2sched.probe_size = 10
+    # the paper's validation: 128 instances of each task sampled uniformly at every step (section 5.1)
+    c.s2sched.probe_size = 128
+    c.s2sched.probe_sampling = "fresh"
     c.mesh.shape = (1, -1, 1)
     return c

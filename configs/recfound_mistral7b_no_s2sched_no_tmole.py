@@ -1,4 +1,5 @@
-"""Ablation (paper Table 4) of configs/recfound_mistral7b.py: neither S2Sched nor TMoLE."""
+"""Ablation (paper Table 4) of configs/recfound_mistral7b.py: neither S2Sched nor TMoLE. This is also the GritLM-style
+finetuning row: one plain LoRA per projection on both branches, tasks in their data proportions."""
 from recfound_jax import recipes
 
 

@@ -27,6 +27,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "save_attention_out")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 DROPOUT_RNGS = ("threefry", "threefry16")  # how adapter dropout masks are drawn: model.tmole.dropout_keep_mask
 DECAYS = ("cosine", "linear")  # the demo base's learning-rate decays
+PROBE_SAMPLING = ("fixed", "fresh")  # S2Sched's validation probes: one set, or drawn anew each time
 DEMO_TOKENIZERS = ("demo", "mistral_v3")  # the demo base's vocabulary: recfound_jax.demo.vocabulary, or the v3 file
 DEMO_MIN_VOCAB = 512  # a demo vocabulary's 256 byte pieces, 3 ids, 3 GritLM markers, and room for words
 FREE_MAPPINGS = ("instruct.rows",)  # keys whose value maps names the schema does not fix (task -> rows)
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.dropout = 0.1
     c.tmole.dropout_rng = "threefry"  # or "threefry16": a quarter of the hashing (tmole.dropout_keep_mask)
     c.tmole.dropout_shared_qkv = False  # True: one dropout mask for the q, k and v adapters (one A contraction)
+    c.tmole.dropout_per_expert = False  # True: a mask for each expert, as released (docs/method.md, "Departures")
     c.tmole.task_embedding_dim = 512
     c.tmole.router_hidden = ()
 
@@ -69,7 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.generative_len = 176
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 100
+    # steps 0: as many as train.epochs passes over the train split take, an epoch counted as the released
+    # trainer does (`recfound_jax.train.inputs.total_steps`); a positive count overrides the epochs
+    c.train.steps = 0
+    c.train.epochs = 3.0
     c.train.embedding_batch = 24
     c.train.generative_batch = 20
     c.train.learning_rate = 1e-3
@@ -90,7 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.s2sched.tau = 10.0
     c.s2sched.warmup_ratio = 0.1
     c.s2sched.warmup_steps = -1  # >= 0 overrides warmup_ratio (the released code: 32)
-    c.s2sched.probe_size = 10
+    c.s2sched.probe_size = 10  # validation rows of each task in a probe
+    # "fixed": one probe set drawn at the start and scored at every probe; "fresh": probe_size rows of each
+    # task drawn uniformly anew for every probe (the paper's 128), seeded by the step so a resume draws the same
+    c.s2sched.probe_sampling = "fixed"
     c.s2sched.update_every = 1
     c.s2sched.floor = False
 
@@ -244,10 +252,14 @@ def _check_tmole(t: ml_collections.ConfigDict) -> None:
     _check(0.0 <= t.dropout < 1.0, "tmole.dropout", f"must be in [0, 1), got {t.dropout}")
     _check(t.dropout_rng in DROPOUT_RNGS, "tmole.dropout_rng", f"{t.dropout_rng!r} not in {DROPOUT_RNGS}")
     _check_bool(t.dropout_shared_qkv, "tmole.dropout_shared_qkv")
+    _check_bool(t.dropout_per_expert, "tmole.dropout_per_expert")
 
 
 def _check_train(tr: ml_collections.ConfigDict) -> None:
-    _check(tr.steps > 0, "train.steps", f"must be > 0, got {tr.steps}")
+    _check(tr.steps >= 0, "train.steps", f"must be >= 0 (0: from train.epochs), got {tr.steps}")
+    if tr.steps == 0:
+        _check(tr.epochs > 0 and math.isfinite(tr.epochs), "train.epochs",
+               f"must be finite and > 0 when train.steps is 0, got {tr.epochs}")
     _check(tr.embedding_batch >= 0 and tr.generative_batch >= 0, "train.embedding_batch", "batch sizes must be >= 0")
     _check(tr.embedding_batch + tr.generative_batch > 0, "train.generative_batch", "both batches are empty")
     _check(tr.learning_rate > 0 and math.isfinite(tr.learning_rate), "train.learning_rate", "must be finite and > 0")
@@ -267,6 +279,8 @@ def _check_s2sched(s: ml_collections.ConfigDict) -> None:
     _check(s.warmup_steps >= -1, "s2sched.warmup_steps",
            f"must be >= 0, or -1 to use s2sched.warmup_ratio, got {s.warmup_steps}")
     _check(s.probe_size >= 1, "s2sched.probe_size", f"must be >= 1, got {s.probe_size}")
+    _check(s.probe_sampling in PROBE_SAMPLING, "s2sched.probe_sampling",
+           f"{s.probe_sampling!r} not in {PROBE_SAMPLING}")
     _check(s.update_every >= 1, "s2sched.update_every", f"must be >= 1, got {s.update_every}")
     _check_bool(s.floor, "s2sched.floor")
 

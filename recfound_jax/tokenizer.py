@@ -58,6 +58,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    def piece_id(self, piece: str) -> int | None:
+        """The id of a piece of the vocabulary (a control token such as "[INST]" too), None if it has none."""
+        token = self._sp.piece_to_id(piece)
+        return None if token == self._sp.unk_id() and piece != self._sp.id_to_piece(token) else token
+
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of one text, optionally with BOS first and EOS last."""
         ids = self._sp.encode(text)

@@ -6,8 +6,9 @@ Two tables. Masks: one adapter-dropout application (``tmole.dropout``: the mask 
 ``expert_deltas`` applies it) on one layer's input at the 7B step's shape, 16 x 512 tokens x 4096, bf16.
 Step: the project's joint train step (generative branch, every position, AdamW, dots_saveable) of a
 mid-size random model (hidden 1024, 2 layers, 8 x 256 tokens, float32 on the CPU, bf16 elsewhere) with
-dropout 0.1 drawn by each generator, per projection or one mask for q/k/v (tmole.dropout_shared_qkv), and
-without dropout: how much of dropout's cost each one leaves.
+dropout 0.1 drawn by each generator, per projection, one mask for q/k/v (tmole.dropout_shared_qkv) or one
+per expert as released (tmole.dropout_per_expert), and without dropout: how much of dropout's cost each
+one leaves.
 Medians of ``--steps`` calls after compile and two warm-ups, the variants timed in alternation.
 """
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main() -> None:
     variants = [(rng, TMoLEConfig.default(dropout=RATE, dropout_rng=rng)) for rng in DROPOUT_RNGS]
     variants += [(f"{rng}, one mask for q/k/v",
                   TMoLEConfig.default(dropout=RATE, dropout_rng=rng, dropout_shared_qkv=True)) for rng in DROPOUT_RNGS]
+    variants += [(f"{rng}, a mask per expert (released)",
+                  TMoLEConfig.default(dropout=RATE, dropout_rng=rng, dropout_per_expert=True)) for rng in DROPOUT_RNGS]
     variants.append(("no dropout", TMoLEConfig.default(dropout=0.0)))
     steps = median_times([step_run(tmole, dtype) for _, tmole in variants], args.steps)
     free = steps[-1]

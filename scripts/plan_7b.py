@@ -2,6 +2,7 @@
 
     python scripts/plan_7b.py                      # every length, remat policy and micro-batch (minutes)
     python scripts/plan_7b.py --lengths 2048 --remat full dots_saveable --micro 2 4
+    python scripts/plan_7b.py --probe --lengths 2048 --remat dots_saveable --micro 1   # S2Sched's probe too
 
 The step is the project's own (recfound_jax/train/step.py) on configs/recfound_mistral7b.py: 2048
 embedding samples (GradCache) and 1024 generative samples a step, TMoLE 2/2/2 rank 16 on q/k/v/o of a
@@ -17,6 +18,10 @@ attention through XLA, materialising [B, H, T, T] scores, where the GPU run uses
 attention, which never does. The "attn" column is one layer's scores and probabilities in float32
 for one micro-batch: roughly what cuDNN saves off the CPU's temp. "fits" means the total is within
 72 GB (80 GB less 10% for the CUDA context, cuDNN workspaces and allocator slack).
+
+``--probe`` adds, per length, S2Sched's validation probe of the recipe (s2sched.probe_size rows of each of
+the 13 tasks, one forward without dropout, `step.make_probe_fn`) and the step's and the probe's XLA
+flop counts per device: the probe's cost relative to a step, when it runs every step.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from recfound_jax import parallel, recipes  # noqa: E402
 from recfound_jax.config import REMAT_POLICIES  # noqa: E402
 from recfound_jax.model.mistral import Mistral, MistralConfig  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS  # noqa: E402
 from recfound_jax.train import step as step_lib  # noqa: E402
 
 MISTRAL_7B = MistralConfig()  # the defaults are Mistral-7B-v0.3's shape
@@ -102,7 +108,8 @@ def compile_step(plan: Plan, c, mesh) -> dict[str, float]:
     model = abstract_model(plan.remat, TMoLEConfig.from_config(c.tmole))
     parts = step_lib.ModelParts.of(model)
     params, base = with_shardings(parts.params, mesh), with_shardings(parts.base, mesh)
-    optimizer = step_lib.make_optimizer(learning_rate=c.train.learning_rate, total_steps=c.train.steps,
+    # the schedule's length (the recipe's steps follow from its data) changes no buffer
+    optimizer = step_lib.make_optimizer(learning_rate=c.train.learning_rate, total_steps=c.train.steps or 1000,
                                         warmup_ratio=c.train.warmup_ratio, weight_decay=c.train.weight_decay,
                                         grad_clip=c.train.grad_clip)
     opt_state = jax.eval_shape(optimizer.init, params)
@@ -131,13 +138,32 @@ def compile_step(plan: Plan, c, mesh) -> dict[str, float]:
     compiled = lowered.compile()
     done = time.perf_counter()
     mem = compiled.memory_analysis()
+    flops = compiled.cost_analysis().get("flops", float("nan"))
     heads = MISTRAL_7B.num_heads
     attn = 2 * plan.micro * heads * plan.length * plan.length * 4
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     return {"lower_s": lowered_at - begin, "compile_s": done - lowered_at,
             "argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
             "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes,
-            "code": mem.generated_code_size_in_bytes, "total": total, "attn": attn}
+            "code": mem.generated_code_size_in_bytes, "total": total, "attn": attn, "flops": flops}
+
+
+def compile_probe(c, mesh, length: int) -> dict[str, float]:
+    """Lower and compile the recipe's S2Sched probe at ``length`` tokens; bytes and flops per device."""
+    n = c.s2sched.probe_size
+    n_emb, n_gen = n * len(EMBEDDING_TASKS), n * len(GENERATIVE_TASKS)
+    parts = step_lib.ModelParts.of(abstract_model("none", TMoLEConfig.from_config(c.tmole)))
+    params, base = with_shardings(parts.params, mesh), with_shardings(parts.base, mesh)
+    emb, gen = recipe_batches(n_emb, n_gen, min(c.data.query_len, length), length, length, mesh)
+    emb["task_index"] = batch_structs({"task_index": ((n_emb,), jnp.int32)}, mesh)["task_index"]
+    gen["task_index"] = batch_structs({"task_index": ((n_gen,), jnp.int32)}, mesh)["task_index"]
+    probe = parallel.under_mesh(step_lib.make_probe_fn(parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS),
+                                                       c.train.temperature), mesh)
+    compiled = jax.jit(probe).lower(params, base, emb, gen).compile()
+    mem = compiled.memory_analysis()
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    return {"rows": n_emb + n_gen, "temp": mem.temp_size_in_bytes, "total": total,
+            "flops": compiled.cost_analysis().get("flops", float("nan"))}
 
 
 def _like_params(opt_state: Any, params: Any, mesh) -> Any:
@@ -164,6 +190,7 @@ def main() -> None:
     parser.add_argument("--micro", type=int, nargs="+", default=[1, 2, 4],
                         help="samples per device in one GradCache chunk / generative micro-batch")
     parser.add_argument("--mesh", type=int, nargs=3, default=[1, -1, 1], metavar=("DATA", "FSDP", "TENSOR"))
+    parser.add_argument("--probe", action="store_true", help="also plan S2Sched's probe and compare its flops")
     args = parser.parse_args()
     c = recipes.load("recfound_mistral7b")
     mesh = parallel.make_mesh(args.mesh)
@@ -172,12 +199,13 @@ def main() -> None:
     header = (f"{'len':>5} {'remat':<19} {'micro':>5} {'lower s':>7} {'compile s':>9} {'args':>6} {'out':>6} "
               f"{'temp':>7} {'code':>5} {'total':>7} {'attn':>6}  fits")
     print(header)
-    totals = {}
+    totals, step_flops = {}, {}
     for length in args.lengths:
         for remat in args.remat:
             for micro in args.micro:
                 r = compile_step(Plan(length, remat, micro), c, mesh)
                 totals[Plan(length, remat, micro)] = r["total"]
+                step_flops[length] = r["flops"]
                 fits = "yes" if r["total"] <= BUDGET_BYTES else "no"
                 print(f"{length:>5} {remat:<19} {micro:>5} {r['lower_s']:>7.1f} {r['compile_s']:>9.1f} "
                       f"{r['argument'] / GIB:>6.2f} {r['output'] / GIB:>6.2f} {r['temp'] / GIB:>7.2f} "
@@ -186,6 +214,17 @@ def main() -> None:
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     for length in args.lengths:
         print(f"{length} tokens: {recommend(totals, length, data_ways)}")
+    if args.probe:
+        print(f"\nS2Sched probe: {c.s2sched.probe_size} rows of each task ({c.s2sched.probe_sampling}); GiB and "
+              "TFLOP per device")
+        print(f"{'len':>5} {'rows':>5} {'temp':>7} {'total':>7}  fits {'probe TFLOP':>11} {'step TFLOP':>10} "
+              f"{'probe/step':>10}")
+        for length in args.lengths:
+            r = compile_probe(c, mesh, length)
+            fits = "yes" if r["total"] <= BUDGET_BYTES else "no"
+            print(f"{length:>5} {r['rows']:>5} {r['temp'] / GIB:>7.2f} {r['total'] / GIB:>7.2f}  {fits:>4} "
+                  f"{r['flops'] / 1e12:>11.2f} {step_flops[length] / 1e12:>10.2f} "
+                  f"{r['flops'] / step_flops[length]:>10.2f}", flush=True)
 
 
 def recommend(totals: dict[Plan, float], length: int, data_ways: int) -> str:

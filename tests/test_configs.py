@@ -48,7 +48,8 @@ def test_paper_recipe_configs_name_their_missing_paths(name):
     c.data.dir = "synthetic"
     c.data.query_len = c.data.passage_len = c.data.generative_len = 176  # the demo base's positions
     config_lib.validate(c, device_count=8)
-    assert (c.train.embedding_batch, c.train.generative_batch) == (2048, 1024)
+    assert c.train.embedding_batch == (0 if "generative_only" in name else 2048)
+    assert c.train.generative_batch == (0 if "embedding_only" in name else 1024)
 
 
 def test_ablations_switch_off_what_their_names_say():
@@ -56,6 +57,8 @@ def test_ablations_switch_off_what_their_names_say():
     for name, c in by_name.items():
         assert c.s2sched.enabled == ("no_s2sched" not in name), name
         assert c.tmole.enabled == ("no_tmole" not in name), name
+        assert (c.train.generative_batch == 0) == ("embedding_only" in name), name
+        assert (c.train.embedding_batch == 0) == ("generative_only" in name), name
 
 
 def test_unknown_dropout_rng_is_named():

@@ -233,6 +233,26 @@ def test_plots_write_pngs(tmp_path):
     assert plots.has_series(records_log, "ratio") and not plots.has_series(records_log, "eval")
 
 
+def test_class_similarity_averages_the_heatmap_over_each_kind_of_task_pair():
+    routing = np.random.default_rng(1).uniform(size=(len(TASKS), 24))
+    unit = routing / np.linalg.norm(routing, axis=1, keepdims=True)
+    kinds = [t.kind for t in TASKS]
+    pairs = {"intra_embedding": [], "intra_generative": [], "cross": []}
+    for i in range(len(TASKS)):
+        for j in range(len(TASKS)):
+            if i != j and kinds[i] == kinds[j]:
+                pairs[f"intra_{kinds[i]}"].append(unit[i] @ unit[j])
+            elif kinds[i] == "embedding" and kinds[j] == "generative":
+                pairs["cross"].append(unit[i] @ unit[j])
+    got = plots.class_similarity(routing, [t.name for t in TASKS])
+    assert len(pairs["intra_embedding"]) == 6 and len(pairs["intra_generative"]) == 90 and len(pairs["cross"]) == 30
+    for key, values in pairs.items():
+        assert got[key] == pytest.approx(np.mean(values), rel=1e-12), key
+    only_generative = plots.class_similarity(routing[3:5], ["QR", "SR"])
+    assert only_generative["intra_embedding"] is None and only_generative["cross"] is None
+    assert "| two generative tasks |" in report.routing_table(got)
+
+
 # ---------------------------------------------------------------- the CLI and evaluate_subset on a tiny run
 
 
@@ -250,6 +270,9 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
     assert metrics["tasks"][get_task("UP").name]["max_new_tokens"] == 3
     results = (out / "results.md").read_text()
     assert "| Max new tokens (hit) |" in results
+    assert set(metrics["routing_similarity"]) == {"intra_embedding", "intra_generative", "cross"}
+    assert all(-1.0 <= v <= 1.0 for v in metrics["routing_similarity"].values())
+    assert "## Routing similarity (Figure 2: routing.png)" in results
     assert "| Model | QR | AVE | AG | SR | SA | UP | AP | PRP | PM | IP |" in results
     assert "| Model | I2I | Q2I | U2I |" in results
     assert "| chance |" in results
@@ -259,11 +282,13 @@ def test_cli_writes_metrics_tables_and_plots(run_dir, tmp_path, capsys):
 
     # The base model alone ("w/o finetuning"), with the run above as a baseline row; no routing plot.
     base_out = tmp_path / "base"
-    assert main(["--run", str(run_dir), "--base_only", "--tasks", "U2I,SR", "--limit", "2",
-                 "--max_new_tokens", "2", "--noprogress", "--out", str(base_out),
+    assert main(["--run", str(run_dir), "--base_only", "--prompt_format", "mistral-instruct", "--tasks", "U2I,SR",
+                 "--limit", "2", "--max_new_tokens", "2", "--noprogress", "--out", str(base_out),
                  "--baseline", f"tiny={out / 'metrics.json'}"]) == 0
     base_metrics = json.loads((base_out / "metrics.json").read_text())
     assert base_metrics["base_only"] and base_metrics["step"] is None
+    assert "routing_similarity" not in base_metrics
+    assert base_metrics["prompt_format"] == "mistral-instruct" and metrics["prompt_format"] == "gritlm"
     assert set(base_metrics["tasks"]) == {get_task("U2I").name, get_task("SR").name}
     _, body = _parse_table(report.generative_table(
         [("w/o finetuning", base_metrics), ("tiny", metrics)]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import bert_score
 import numpy as np
 import pytest
 import torch
@@ -239,6 +240,19 @@ def test_bertscore_matches_per_sentence_reference(tiny_bert):
     np.testing.assert_allclose(out["precision"], expected[:, 0].mean(), atol=1e-5)
     np.testing.assert_allclose(out["recall"], expected[:, 1].mean(), atol=1e-5)
     assert out["per_row_f1"][0] == pytest.approx(1.0, abs=1e-5)  # identical texts
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_bertscore_equals_the_bert_score_package(tiny_bert, layer):
+    """The released evaluation's own scorer (bert-score, idf and baseline rescaling off, a chosen layer). Not on
+    an empty text: bert-score 0.3.13 fails on one under transformers 5 (no build_inputs_with_special_tokens)."""
+    preds = ["the cat sat", "a dog on the mat .", "red " * 30, "blue cats"]
+    refs = ["the cat sat", "the cat sat on the mat", "red blue", "a red dog"]
+    p, r, f = bert_score.score(preds, refs, model_type=tiny_bert, num_layers=layer, batch_size=3, device="cpu",
+                               idf=False, rescale_with_baseline=False, lang="en")
+    ours = metrics.bertscore(preds, refs, tiny_bert, layer=layer, batch_size=3, device="cpu")
+    np.testing.assert_allclose(ours["per_row_f1"], f.numpy(), atol=1e-5)
+    np.testing.assert_allclose([ours["precision"], ours["recall"]], [p.mean(), r.mean()], atol=1e-5)
 
 
 def test_bertscore_through_score_task_and_errors(tiny_bert, tmp_path):

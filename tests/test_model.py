@@ -176,12 +176,12 @@ def test_forward_on_8_device_fsdp_mesh_equals_single_device():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-# the default masks, and the demo's (packed Threefry, one mask for q, k and v)
-@pytest.mark.parametrize("dropout_rng,shared_qkv", [("threefry", False), ("threefry16", True)])
-def test_remat_policies_give_the_same_gradients(dropout_rng, shared_qkv):
+# the default masks, and every mask option at once (packed Threefry, one draw for q, k and v, one per expert)
+@pytest.mark.parametrize("dropout_rng,shared_qkv,per_expert", [("threefry", False, False), ("threefry16", True, True)])
+def test_remat_policies_give_the_same_gradients(dropout_rng, shared_qkv, per_expert):
     """With adapter dropout on: a rematerialised layer must draw the forward's masks again, bit for bit."""
     tmole = TMoLEConfig.default(rank=4, alpha=8.0, dropout=0.3, task_embedding_dim=16, dropout_rng=dropout_rng,
-                                dropout_shared_qkv=shared_qkv)
+                                dropout_shared_qkv=shared_qkv, dropout_per_expert=per_expert)
     model = Mistral(CFG, tmole=tmole, rngs=nnx.Rngs(0))
     _randomise_b(model)
     ids, task_ids = _ids(), jnp.array([3, 4, 5])
@@ -261,6 +261,31 @@ def test_expert_deltas_share_one_mask_and_one_a_contraction():
         np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
         alone, = expert_deltas(jnp.asarray(x), [(gate, a, b)], **kwargs)
         np.testing.assert_allclose(np.asarray(out), np.asarray(alone), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dropout_rng", ["threefry", "threefry16"])
+def test_per_expert_dropout_gives_each_expert_its_own_mask(dropout_rng):
+    """tmole.dropout_per_expert, as released: numpy's gated sum over experts j of (x * mask_j / keep) A_j B_j,
+    mask_j the j-th slice of one [B, T, experts, d_in] draw, the experts of the banks in order."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    shapes = [(3, 6), (2, 4)]
+    banks = [(rng.random((2, n)).astype(np.float32), rng.normal(size=(n, 8, 4)).astype(np.float32),
+              rng.normal(size=(n, 4, o)).astype(np.float32)) for n, o in shapes]
+    key = jax.random.key(4)
+    got = expert_deltas(jnp.asarray(x), [tuple(map(jnp.asarray, bank)) for bank in banks], scale=2.0,
+                        dropout_rate=0.25, dropout_key=key, dropout_rng=dropout_rng, per_expert=True)
+    keep = kept_fraction(0.75, dropout_rng)
+    masks = np.asarray(dropout_keep_mask(key, 0.75, (2, 5, 5, 8), dropout_rng))  # 5 experts in all
+    assert not (masks[:, :, 0] == masks[:, :, 1]).all()  # two experts, two masks
+    first = 0
+    for (gate, a, b), out in zip(banks, got):
+        expected = np.zeros(out.shape, np.float64)
+        for j in range(a.shape[0]):
+            dropped = x * masks[:, :, first + j] / keep
+            expected += 2.0 * gate[:, j, None, None] * (dropped @ a[j] @ b[j])
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+        first += a.shape[0]
 
 
 def _mask_draws_per_layer(tmole: TMoLEConfig) -> int:

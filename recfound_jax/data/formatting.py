@@ -548,12 +548,17 @@ def format_generative_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_
     instruction, and its tail, the options and "Response:", stay).
     """
     fmt = _formatter(tokenizer)
+    return wrap_prompts(fmt._encode_unique(prompts), [fmt.bos_id] + fmt.user_first, fmt.assistant, max_len, stats)
+
+
+def wrap_prompts(prompts: Sequence[Ids], head: Ids, tail: Ids, max_len: int | None = None,
+                 stats: TruncationStats | None = None) -> list[Ids]:
+    """``head + prompt + tail`` for each encoded prompt, one too long for ``max_len`` cut in its middle."""
     stats = stats if stats is not None else TruncationStats()
-    head_ids = [fmt.bos_id] + fmt.user_first
     out = []
-    for prompt in fmt._encode_unique(prompts):
+    for prompt in prompts:
         stats.rows += 1
-        room = len(prompt) if max_len is None else max_len - len(head_ids) - len(fmt.assistant)
+        room = len(prompt) if max_len is None else max_len - len(head) - len(tail)
         if room < 1:
             raise ValueError(f"max_len={max_len} leaves no room for a prompt token")
         if room < len(prompt):
@@ -562,7 +567,7 @@ def format_generative_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_
             stats.tokens_removed += len(prompt) - room
             half = room // 2
             prompt = prompt[:half] + prompt[len(prompt) - (room - half):]
-        out.append(head_ids + prompt + fmt.assistant)
+        out.append(list(head) + prompt + list(tail))
     return out
 
 

@@ -1,5 +1,6 @@
 """python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks QR,SA] [--base_only]
-[--limit N] [--max_new_tokens N | TASK=N,...] [--baseline NAME=path/to/metrics.json ...] [--out DIR]
+[--prompt_format gritlm|mistral-instruct] [--limit N] [--max_new_tokens N | TASK=N,...]
+[--baseline NAME=path/to/metrics.json ...] [--out DIR]
 
 Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
 into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base_only; a split other than
@@ -7,7 +8,8 @@ test adds "-<split>"):
 - metrics.json: every task's headline score and details (evaluate/runner.py);
 - results.md: the paper's Table 2 and 3 layouts (the model, each --baseline, chance when the data
   has a chance.json), per-task details and example predictions;
-- routing.png (Figure 2; not with --base_only), schedule.png (Figure 3) and probe_loss.png from the
+- routing.png (Figure 2, whose averages within embedding tasks, within generative tasks and across the
+  two go into metrics.json and results.md; not with --base_only), schedule.png (Figure 3) and probe_loss.png from the
   run's metrics.jsonl.
 """
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from absl import flags
 
 from recfound_jax import cli, jsonio
+from recfound_jax.data.prompt_formats import PROMPT_FORMATS
 from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.offline import go_offline
@@ -33,6 +37,9 @@ _DATA = flags.DEFINE_string("data", None, "dataset directory (default: the run's
 _TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA (default: all 13)",
                            flag_values=FLAGS)
 _BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model without adapters", flag_values=FLAGS)
+_PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "gritlm", PROMPT_FORMATS, "how generation prompts are wrapped: "
+                                    "the training format, or mistral-instruct's [INST] chat (the paper's zero-shot "
+                                    "rows, with --base_only)", flag_values=FLAGS)
 _LIMIT = flags.DEFINE_integer("limit", None, "rows (embedding: queries) per task", flag_values=FLAGS)
 _EMBEDDING_STRIDE = flags.DEFINE_integer("embedding_stride", 1, "evaluate every N-th embedding row (the released "
                                          "protocol: 10)", lower_bound=1, flag_values=FLAGS)
@@ -41,6 +48,9 @@ _MAX_NEW_TOKENS = flags.DEFINE_list("max_new_tokens", None, "generation budgets 
                                     flag_values=FLAGS)
 _BERTSCORE_MODEL = flags.DEFINE_string("bertscore_model", None, "local encoder directory for BERTScore on QR/AG/UP/IP "
                                        "(default: token F1)", flag_values=FLAGS)
+_BERTSCORE_LAYER = flags.DEFINE_integer("bertscore_layer", 14, "the --bertscore_model layer whose hidden states are "
+                                        "matched (released: 14 of longformer-large-4096; 0 = the embeddings)",
+                                        lower_bound=0, flag_values=FLAGS)
 _BASELINES = flags.DEFINE_multi_string("baseline", [], "NAME=path/to/metrics.json: another model's row in the "
                                        "tables", flag_values=FLAGS)
 _NAME = flags.DEFINE_string("name", None, "the model's row name in the tables", flag_values=FLAGS)
@@ -77,12 +87,20 @@ def _budget(where: str, value: str) -> int:
     return int(value)
 
 
-def write_plots(rf: Any, run_dir: Path, out: Path, *, base_only: bool) -> list[Path]:
-    """routing.png (a model with a task router only), schedule.png and probe_loss.png (when the run
-    logged those series)."""
+def task_routing(rf: Any, base_only: bool) -> np.ndarray | None:
+    """`RecFound.routing` of all 13 tasks, for a model with a task router (None for the base alone)."""
+    adapters = rf.model.adapters
+    if base_only or adapters is None or not adapters.cfg.enabled:
+        return None
+    return rf.routing()
+
+
+def write_plots(routing: np.ndarray | None, run_dir: Path, out: Path) -> list[Path]:
+    """routing.png (given the tasks' routing), schedule.png and probe_loss.png (when the run logged those
+    series)."""
     written = []
-    if not base_only and rf.model.adapters is not None and rf.model.adapters.cfg.enabled:
-        written.append(plots.routing_heatmap(rf.routing(), [t.name for t in TASKS], out / "routing.png"))
+    if routing is not None:
+        written.append(plots.routing_heatmap(routing, [t.name for t in TASKS], out / "routing.png"))
     records = plots.read_metrics_log(run_dir)
     if plots.has_series(records, "ratio"):
         written.append(plots.schedule_plot(records, out / "schedule.png"))
@@ -100,12 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = _DATA.value or rundir.read_run_info(run_dir).get("data")
     if not data_dir:
         cli.usage_error(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
-    rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only)
+    rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only, prompt_format=_PROMPT_FORMAT.value)
     metrics = runner.evaluate(rf, data_dir, split=split, tasks=_TASKS.value, limit_per_task=_LIMIT.value,
                               embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=budgets,
-                              progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value)
+                              progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value,
+                              bertscore_layer=_BERTSCORE_LAYER.value)
     name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
-    metrics.update(run_dir=str(run_dir), base_only=base_only, model=name)
+    metrics.update(run_dir=str(run_dir), base_only=base_only, model=name, prompt_format=rf.prompt_format)
+    routing = task_routing(rf, base_only)
+    if routing is not None:
+        metrics["routing_similarity"] = plots.class_similarity(routing, [t.name for t in TASKS])
 
     out = Path(_OUT.value) if _OUT.value else report.default_out_dir(run_dir, rf.step, split, base_only)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = report.results_markdown(metrics, name=name, baselines=baselines, chance=chance,
                                        title=f"Evaluation of {run_dir} ({split})")
     (out / "results.md").write_text(markdown, encoding="utf-8")
-    write_plots(rf, run_dir, out, base_only=base_only)
+    write_plots(routing, run_dir, out)
     rows = [(name, metrics), *baselines] + ([("chance", chance)] if chance else [])
     print(report.generative_table(rows))
     print()

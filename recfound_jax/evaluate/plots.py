@@ -40,6 +40,19 @@ def cosine_similarity(rows: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
+def class_similarity(routing: np.ndarray, tasks: Sequence[str | int]) -> dict[str, float | None]:
+    """Figure 2's averages: the mean cosine similarity of the routing of two different embedding tasks
+    (``intra_embedding``), of two different generative tasks (``intra_generative``) and of an embedding
+    task and a generative one (``cross``); None where the tasks give no such pair."""
+    sim = cosine_similarity(routing)
+    embedding = np.array([get_task(t).is_embedding for t in tasks])
+    different = ~np.eye(len(embedding), dtype=bool)
+    pairs = {"intra_embedding": np.outer(embedding, embedding) & different,
+             "intra_generative": np.outer(~embedding, ~embedding) & different,
+             "cross": np.outer(embedding, ~embedding)}
+    return {name: float(sim[mask].mean()) if mask.any() else None for name, mask in pairs.items()}
+
+
 def routing_heatmap(
     routing: np.ndarray, tasks: Sequence[str | int], path: str | os.PathLike, *, title: str | None = None
 ) -> Path:

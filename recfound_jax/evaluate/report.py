@@ -99,6 +99,17 @@ def task_detail_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
                            "Seconds"], body, left=3)
 
 
+ROUTING_PAIRS = (("intra_embedding", "two embedding tasks"), ("intra_generative", "two generative tasks"),
+                 ("cross", "an embedding and a generative task"))
+
+
+def routing_table(similarity: Mapping[str, float | None], *, digits: int = 3) -> str:
+    """Figure 2's averages (`plots.class_similarity`): mean cosine similarity of the routing of each kind
+    of task pair."""
+    body = [[label, _format(similarity.get(key), digits)] for key, label in ROUTING_PAIRS]
+    return markdown_table(["Task pair", "Mean routing similarity"], body, left=1)
+
+
 def catalog_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
     """Full-catalog Recall@k and NDCG@k of the embedding tasks that have them."""
     found = [(t, metrics["tasks"][t.name]) for t in TASKS
@@ -144,7 +155,7 @@ def results_markdown(
     if chance is not None:
         rows.append(("chance", chance))
     settings = ", ".join(f"{k}={metrics.get(k)}" for k in ("split", "step", "limit_per_task", "embedding_stride",
-                                                           "max_new_tokens") if k in metrics)
+                                                           "prompt_format", "max_new_tokens") if k in metrics)
     sections = [
         f"# {title}",
         settings,
@@ -158,6 +169,8 @@ def results_markdown(
     catalog = catalog_table(metrics)
     if catalog:
         sections += ["## Full-catalog retrieval", catalog]
+    if metrics.get("routing_similarity"):
+        sections += ["## Routing similarity (Figure 2: routing.png)", routing_table(metrics["routing_similarity"])]
     examples = examples_markdown(metrics)
     if examples:
         sections += ["## Example predictions", examples]

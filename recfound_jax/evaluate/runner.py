@@ -75,6 +75,7 @@ def evaluate_generative(
     max_new_tokens: int,
     batch_size: int = 16,
     bertscore_model: str | None = None,
+    bertscore_layer: int | None = None,
 ) -> dict[str, Any]:
     """Generate up to ``max_new_tokens`` from each row's last prompt and score against its last answer;
     ``hit_max_new_tokens`` counts the outputs that reached the budget without an EOS."""
@@ -82,7 +83,8 @@ def evaluate_generative(
     references = [row.turns[-1][1] for row in rows]
     ids = rf.generate_ids(prompts, task=task.name, max_new_tokens=max_new_tokens, batch_size=batch_size)
     predictions = [rf.tokenizer.decode(row) for row in ids]
-    result = metrics.score_task(task.name, predictions, references, bertscore_model=bertscore_model)
+    result = metrics.score_task(task.name, predictions, references, bertscore_model=bertscore_model,
+                                bertscore_layer=bertscore_layer)
     result["max_new_tokens"] = max_new_tokens
     result["hit_max_new_tokens"] = sum(len(row) >= max_new_tokens for row in ids)
     result["examples"] = [
@@ -223,6 +225,7 @@ def evaluate(
     max_new_tokens: Budgets | None = None,
     progress: bool = True,
     bertscore_model: str | None = None,
+    bertscore_layer: int | None = None,
 ) -> dict[str, Any]:
     """Score ``rf`` (a `recfound_jax.inference.recfound.RecFound`) on every task (or ``tasks``) of a split.
 
@@ -252,7 +255,8 @@ def evaluate(
                                         limit=limit_per_task)
         else:
             result = evaluate_generative(rf, task, rows[task.name][:limit_per_task],
-                                         max_new_tokens=budgets[task.short], bertscore_model=bertscore_model)
+                                         max_new_tokens=budgets[task.short], bertscore_model=bertscore_model,
+                                         bertscore_layer=bertscore_layer)
         result.update(short=task.short, kind=task.kind, metric=task.metric,
                       seconds=round(time.perf_counter() - task_start, 3))
         results[task.name] = result

@@ -8,8 +8,9 @@
 Inputs use exactly the training formats (data/formatting.py): embeddings are GritLM's
 ``<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (or ``<s><|embed|>\\n{text}``) under bidirectional
 attention, mean-pooled over the text tokens and L2-normalised, as the training loss sees them;
-generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` and decodes greedily
-(evaluate/decoding.py). Both are jitted on bucketed shapes and routed by the task's id.
+generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` (or a chat model's own format,
+``prompt_format``: data/prompt_formats.py) and decodes greedily (inference/decoding.py). Both are jitted
+on bucketed shapes and routed by the task's id.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from recfound_jax.data import formatting
+from recfound_jax.data import formatting, prompt_formats
 from recfound_jax.inference import decoding
 from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
@@ -48,7 +49,10 @@ class RecFound:
     """A RecFound model ready for inference: embedding, generation and routing, per task."""
 
     def __init__(self, model: Mistral, config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
-                 step: int | None = None, run_dir: str | os.PathLike | None = None):
+                 step: int | None = None, run_dir: str | os.PathLike | None = None, prompt_format: str = "gritlm"):
+        if prompt_format not in prompt_formats.PROMPT_FORMATS:
+            raise ValueError(f"prompt_format {prompt_format!r} is not one of {prompt_formats.PROMPT_FORMATS}")
+        self.prompt_format = prompt_format
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
@@ -60,13 +64,15 @@ class RecFound:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, step: int | None = None, *, base_only: bool = False,
-                 mesh: jax.sharding.Mesh | None = None) -> RecFound:
+                 mesh: jax.sharding.Mesh | None = None, prompt_format: str = "gritlm") -> RecFound:
         """The base and adapters of a run's checkpoint ``step`` (default: the latest; 0: before training).
 
-        ``base_only=True`` gives the base model without adapters (the "w/o fine-tuning" model).
+        ``base_only=True`` gives the base model without adapters (the "w/o fine-tuning" model);
+        ``prompt_format`` wraps generation prompts (`prompt_formats.PROMPT_FORMATS`).
         """
         model, c, step = rundir.load_model(run_dir, step, mesh=mesh, with_adapters=not base_only)
-        return cls(model, c, rundir.load_tokenizer(run_dir), step=step, run_dir=run_dir)
+        return cls(model, c, rundir.load_tokenizer(run_dir), step=step, run_dir=run_dir,
+                   prompt_format=prompt_format)
 
     # ------------------------------------------------------------------------------------ embedding
     @property
@@ -115,8 +121,9 @@ class RecFound:
         return self._generator
 
     def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Model inputs of prompts: ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n``, cut to `max_prompt_len`."""
-        return formatting.format_generative_prompts(self.tokenizer, prompts, self.max_prompt_len)
+        """Model inputs of prompts in `prompt_format` (the training format ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n``
+        by default), cut to `max_prompt_len`."""
+        return prompt_formats.prompt_ids(self.tokenizer, prompts, self.prompt_format, self.max_prompt_len)
 
     def generate_ids(self, prompts: Sequence[str], *, task: Task | str | int, max_new_tokens: int = 64,
                      batch_size: int = 16, progress: bool | None = None) -> list[np.ndarray]:

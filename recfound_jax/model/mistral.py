@@ -428,7 +428,7 @@ def _decoder_layer(
                     inp, [(adapters[n]["gate"], adapters[n]["a"], adapters[n]["b"]) for n in group],
                     scale=tmole_cfg.scale, dropout_rate=tmole_cfg.dropout,
                     dropout_key=None if dropout_keys is None else dropout_keys[group[0]],
-                    dropout_rng=tmole_cfg.dropout_rng)))
+                    dropout_rng=tmole_cfg.dropout_rng, per_expert=tmole_cfg.dropout_per_expert)))
         return out
 
     def project(inp: jax.Array, name: str, delta: dict[str, jax.Array]) -> jax.Array:

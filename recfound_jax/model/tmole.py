@@ -43,7 +43,9 @@ class TMoLEConfig:
     checks are in recfound_jax.config). The released layout is 3/0/3 with a linear router.
 
     ``dropout_rng``: how dropout masks are drawn (`dropout_keep_mask`). ``dropout_shared_qkv``: one mask for
-    the q, k and v adapters (they read the same input). ``targets``: the adapted projections, not a run key.
+    the q, k and v adapters (they read the same input). ``dropout_per_expert``: a mask for each expert, as the
+    released layer draws them, instead of one for all the experts of a projection. ``targets``: the adapted
+    projections, not a run key.
     """
 
     enabled: bool
@@ -55,6 +57,7 @@ class TMoLEConfig:
     dropout: float
     dropout_rng: str
     dropout_shared_qkv: bool
+    dropout_per_expert: bool
     task_embedding_dim: int
     router_hidden: tuple[int, ...]
     targets: tuple[str, ...] = TARGETS
@@ -70,7 +73,8 @@ class TMoLEConfig:
         return cls(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
                    num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
                    dropout_rng=t.dropout_rng, dropout_shared_qkv=t.dropout_shared_qkv,
-                   task_embedding_dim=t.task_embedding_dim, router_hidden=tuple(t.router_hidden))
+                   dropout_per_expert=t.dropout_per_expert, task_embedding_dim=t.task_embedding_dim,
+                   router_hidden=tuple(t.router_hidden))
 
     @classmethod
     def default(cls, **overrides) -> TMoLEConfig:
@@ -172,17 +176,24 @@ def expert_deltas(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     dropout_rng: str = "threefry",
+    per_expert: bool = False,
 ) -> list[jax.Array]:
     """Each gated bank's output for x [B, T, d_in]: (scale) sum_j gate[:, j] (dropout(x) A_j) B_j.
 
     The banks read the same input and the same dropout mask, so their A contractions run as one (one
-    read of x, one wider GEMM), then one B contraction a bank; no loop over experts. Computed in x's
-    dtype; adapters are cast to it.
+    read of x, one wider GEMM), then one B contraction a bank; no loop over experts. With ``per_expert``
+    each expert j of the banks (in order) gets a mask of its own, drawn as one [B, T, experts, d_in] mask,
+    and the A contraction reads an expert's copy of x. Computed in x's dtype; adapters are cast to it.
     """
-    if dropout_key is not None and dropout_rate > 0.0:
-        x = dropout(x, dropout_key, dropout_rate, dropout_rng)
     gates, a, b = zip(*banks)
-    xa = jnp.einsum("btd,ndr->btnr", x, jnp.concatenate([ai.astype(x.dtype) for ai in a]))
+    a_all = jnp.concatenate([ai.astype(x.dtype) for ai in a])
+    if dropout_key is None or dropout_rate <= 0.0:
+        xa = jnp.einsum("btd,ndr->btnr", x, a_all)
+    elif per_expert:
+        copies = jnp.broadcast_to(x[:, :, None, :], (*x.shape[:2], a_all.shape[0], x.shape[-1]))
+        xa = jnp.einsum("btnd,ndr->btnr", dropout(copies, dropout_key, dropout_rate, dropout_rng), a_all)
+    else:
+        xa = jnp.einsum("btd,ndr->btnr", dropout(x, dropout_key, dropout_rate, dropout_rng), a_all)
     xa = xa * (jnp.concatenate(gates, axis=-1).astype(x.dtype) * scale)[:, None, :, None]
     outputs, start = [], 0
     for bi in b:

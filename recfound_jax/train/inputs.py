@@ -55,6 +55,19 @@ class Inputs:
     valid: formatting.TokenizedSplit
 
 
+def total_steps(c: ml_collections.ConfigDict, train: formatting.TokenizedSplit) -> int:
+    """The run's step count: train.steps when set, else train.epochs passes as the released trainer counts
+    them. Its dataset has as many items as the larger of the trained branches' rows, and a step takes an
+    embedding batch of items (a generative batch in a generative-only run), the last incomplete batch
+    dropped, the data repeated once per epoch; at least one step."""
+    if c.train.steps:
+        return c.train.steps
+    branches = ((len(train.embedding), c.train.embedding_batch), (len(train.generative), c.train.generative_batch))
+    items = max(rows for rows, batch in branches if batch)
+    batch = c.train.embedding_batch or c.train.generative_batch
+    return max(1, int(c.train.epochs * items) // batch)
+
+
 def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
     """Find (or generate) the dataset and validate every row of train and valid, then build or find the
     base, then tokenize both splits (cached): a bad row fails before any base is built."""

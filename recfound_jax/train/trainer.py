@@ -34,7 +34,7 @@ from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import checkpoint, rundir
 from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
 from recfound_jax.train import step as step_lib
-from recfound_jax.train.inputs import prepare_inputs
+from recfound_jax.train.inputs import prepare_inputs, total_steps
 from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -60,11 +60,15 @@ def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
 
-def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit) -> tuple[dict, dict]:
-    """The fixed probe sets: ``s2sched.probe_size`` validation samples of every task, with task_index."""
+def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit, step: int = -1) -> tuple[dict, dict]:
+    """``s2sched.probe_size`` validation samples of every task, with task_index: the fixed probe set, or with
+    ``s2sched.probe_sampling = "fresh"`` the draw of ``step`` (-1: before training), a function of the seed
+    and the step only, so that a resumed run draws what the uninterrupted one drew. Batches are padded to
+    the data lengths: every probe has one shape."""
     n = c.s2sched.probe_size
+    seed = c.seed + 1 if c.s2sched.probe_sampling == "fixed" else _fresh_probe_seed(c.seed, step)
     cfg = batching.BatchConfig.from_config(c, embedding_batch_size=n * len(EMBEDDING_TASKS),
-                                           generative_batch_size=n * len(GENERATIVE_TASKS), seed=c.seed + 1)
+                                           generative_batch_size=n * len(GENERATIVE_TASKS), seed=seed)
     for kind, table, tasks in (("embedding", valid.embedding, EMBEDDING_TASKS),
                                ("generative", valid.generative, GENERATIVE_TASKS)):
         missing = [t.name for t in tasks if not np.any(table.task_ids == t.id)]
@@ -77,10 +81,14 @@ def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit
     return emb, gen
 
 
-def _schedulers(c: ml_collections.ConfigDict) -> tuple[S2Sched, S2Sched]:
+def _fresh_probe_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, 1, step + 1]).generate_state(1)[0])
+
+
+def _schedulers(c: ml_collections.ConfigDict, steps: int) -> tuple[S2Sched, S2Sched]:
     sched_cfg = S2SchedConfig.from_config(c.s2sched)
-    return (S2Sched(sched_cfg, [t.id for t in EMBEDDING_TASKS], c.train.embedding_batch, c.train.steps),
-            S2Sched(sched_cfg, [t.id for t in GENERATIVE_TASKS], c.train.generative_batch, c.train.steps))
+    return (S2Sched(sched_cfg, [t.id for t in EMBEDDING_TASKS], c.train.embedding_batch, steps),
+            S2Sched(sched_cfg, [t.id for t in GENERATIVE_TASKS], c.train.generative_batch, steps))
 
 
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -179,7 +187,7 @@ def _is_finite_tree(tree: Any) -> bool:
 
 
 class Trainer:
-    """One training run; `run()` trains from the start or the last checkpoint to config.train.steps."""
+    """One training run; `run()` trains from the start or the last checkpoint to ``steps`` (`total_steps`)."""
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True):
@@ -192,23 +200,24 @@ class Trainer:
         # the CLI's exits at once and every build is atomic. From here on it only asks the run to stop:
         # the run then checkpoints where it is and returns cleanly.
         self.inputs = prepare_inputs(c, self.workdir, progress)
+        self.steps = total_steps(c, self.inputs.train)
         if threading.current_thread() is threading.main_thread():
             self._sigterm_before = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.mesh = parallel.make_mesh(c.mesh.shape)
         model = rundir.build_model(c, self.inputs.base, mesh=self.mesh)
         self.parts = step_lib.ModelParts.of(model)
         self.optimizer = step_lib.make_optimizer(
-            learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio,
+            learning_rate=c.train.learning_rate, total_steps=self.steps, warmup_ratio=c.train.warmup_ratio,
             weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
         self.schedule = step_lib.learning_rate_schedule(
-            learning_rate=c.train.learning_rate, total_steps=c.train.steps, warmup_ratio=c.train.warmup_ratio)
+            learning_rate=c.train.learning_rate, total_steps=self.steps, warmup_ratio=c.train.warmup_ratio)
         self.state = self._init_state()
         self.batch_share = parallel.batch_share(self.mesh)
         self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
             c, embedding_batch_size=c.train.embedding_batch, generative_batch_size=c.train.generative_batch,
             seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
         self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
-        self.sched_emb, self.sched_gen = _schedulers(c)
+        self.sched_emb, self.sched_gen = _schedulers(c, self.steps)
         self.key = jax.random.key(c.seed)
         self.checkpointer = checkpoint.Checkpointer(self.workdir, keep=c.train.keep_checkpoints)
         self.start_step = 0
@@ -275,8 +284,12 @@ class Trainer:
         self.start_step = step
         self.metrics = MetricsLog(self.workdir, resume_step=step)
 
-    def _probe_losses(self) -> tuple[np.ndarray, np.ndarray]:
-        emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, self.probe_emb, self.probe_gen)
+    def _probe_losses(self, step: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """Each task's validation loss on the probe set (fixed, or step ``step``'s fresh draw)."""
+        emb, gen = self.probe_emb, self.probe_gen
+        if self.config.s2sched.probe_sampling == "fresh":
+            emb, gen = probe_batches(self.config, self.inputs.valid, step)
+        emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, emb, gen)
         return np.asarray(emb_losses, np.float64), np.asarray(gen_losses, np.float64)
 
     # ------------------------------------------------------------------ the loop
@@ -315,10 +328,11 @@ class Trainer:
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self.stop_requested))))
 
     def run(self, until: int | None = None) -> dict[str, Any]:
-        """Train to config.train.steps, or to step ``until``, or until SIGTERM; then checkpoint and return."""
+        """Train to the run's last step (`total_steps`), or to step ``until``, or until SIGTERM; then checkpoint
+        and return."""
         c = self.config
-        end = c.train.steps if until is None else min(until, c.train.steps)
-        bar = tqdm(total=c.train.steps, initial=self.start_step, desc="train",
+        end = self.steps if until is None else min(until, self.steps)
+        bar = tqdm(total=self.steps, initial=self.start_step, desc="train",
                    disable=not self.progress or jax.process_index() != 0,
                    dynamic_ncols=True)
         nonfinite_run, skipped, tokens_total, started = 0, 0, 0, time.perf_counter()
@@ -337,7 +351,7 @@ class Trainer:
                         f"tasks in the last batch: {last['batch_tasks']}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                if step % c.train.checkpoint_every == 0 or step == c.train.steps:
+                if step % c.train.checkpoint_every == 0 or step == self.steps:
                     self.save(step)
             if step not in self.checkpointer.steps():
                 self.save(step)
@@ -371,7 +385,7 @@ class Trainer:
             "tokens_per_s": tokens / max(seconds, 1e-9),
             "lr": float(self.schedule(step))}
         if self.sched_emb.should_observe(step) or self.sched_gen.should_observe(step):
-            emb_losses, gen_losses = self._probe_losses()
+            emb_losses, gen_losses = self._probe_losses(step)
             if self.sched_emb.should_observe(step):
                 self.sched_emb.observe(step, emb_losses)
             if self.sched_gen.should_observe(step):
@@ -401,7 +415,8 @@ class Trainer:
         initial = dict(zip([t.name for t in EMBEDDING_TASKS + GENERATIVE_TASKS],
                            self.initial_probe["emb"] + self.initial_probe["gen"]))
         return {
-            "steps": step, "completed": step >= self.config.train.steps, "stopped_by_signal": self.stop_requested,
+            "steps": step, "total_steps": self.steps, "completed": step >= self.steps,
+            "stopped_by_signal": self.stop_requested,
             "final_loss": last.get("loss"), "final_loss_emb": last.get("loss_emb"),
             "final_loss_gen": last.get("loss_gen"), "skipped_nonfinite_steps": skipped,
             "seconds": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
