@@ -1,5 +1,6 @@
-"""Comparison row of configs/recfound_mistral7b.py: embedding-only finetuning (the paper's "Embed. only" baselines): the 3
-embedding tasks alone, every generative sample dropped from the batch, all else as the recipe."""
+"""Comparison row of configs/recfound_mistral7b.py: embedding-only finetuning (the paper's "Embed. only"
+baselines): the 3 embedding tasks alone, every generative sample dropped from the batch, all else as the
+recipe."""
 from recfound_jax import recipes
 
 

@@ -1,5 +1,6 @@
-"""Comparison row of configs/recfound_mistral7b.py: generative-only finetuning (the single-branch generative baselines): the 10
-generative tasks alone, every embedding sample dropped from the batch, all else as the recipe."""
+"""Comparison row of configs/recfound_mistral7b.py: generative-only finetuning (the single-branch generative
+baselines): the 10 generative tasks alone, every embedding sample dropped from the batch, all else as the
+recipe."""
 from recfound_jax import recipes
 
 
