@@ -402,8 +402,19 @@ def to_dict(c: ml_collections.ConfigDict) -> dict:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-    """A locked ConfigDict from a saved dict (a run's config.json)."""
-    c = config_dict.ConfigDict(d)
+    """A locked ConfigDict from a saved dict (a run's config.json); a key the saved dict lacks (a run made
+    before the key existed) takes `base_config`'s default."""
+    c = config_dict.ConfigDict(_with_defaults(d, base_config().to_dict()))
     c.lock()
     return c
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    merged = dict(saved)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
 

@@ -68,3 +68,15 @@ def test_unknown_dropout_rng_is_named():
         config_lib.validate(c, device_count=1)
     c.tmole.dropout_rng = "threefry16"
     config_lib.validate(c, device_count=1)
+
+
+def test_a_run_config_saved_before_a_key_existed_loads_with_its_default():
+    saved = config_lib.to_dict(recipes.load("demo"))
+    del saved["tmole"]["dropout_per_expert"]
+    del saved["eval"]["max_new_tokens"]
+    c = config_lib.from_dict(saved)
+    assert c.tmole.dropout_per_expert is False
+    assert c.eval.max_new_tokens.to_dict() == config_lib.base_config().eval.max_new_tokens.to_dict()
+    assert c.train.steps == 300  # the saved values stay
+    with pytest.raises(AttributeError):
+        c.tmole.no_such_key = 1  # locked
