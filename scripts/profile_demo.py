@@ -13,7 +13,9 @@ Rows (median of ``--steps`` calls after lowering + compiling and one warm-up cal
 
 * the joint train step (both branches), the step with only the embedding batch, only the generative batch,
   and only the generative batch with the LM head at every position (answer budget 0);
-* the S2Sched probe forward (`step.make_probe_fn` on the probe batches);
+* the S2Sched probe forward (`step.make_probe_fn` on the probe batches); the same on 128 rows of each task
+  (the paper's probe, the 7B recipe's ``s2sched.probe_sampling = "fresh"``); the host side of a fresh draw
+  (`trainer.probe_batches` of a step, to the device) at the demo's 4 rows a task;
 * the LM head and cross-entropy alone, forward and backward wrt the hidden states, at the answer budget and
   at every position;
 * the host side: drawing a batch pair with the Batcher and putting it on the device;
@@ -200,16 +202,34 @@ def train_step_row(f: Finetune, what: str, steps: int, *, emb: bool, gen: bool, 
     return Row(what, f"{shape}, budget {budget or 'all'}", seconds, median_ms(call, steps))
 
 
-def probe_row(f: Finetune, steps: int) -> Row:
+def probe_row(f: Finetune, steps: int, batches: tuple[dict, dict] | None = None,
+              what: str = "S2Sched probe forward", note: str = "run every s2sched.update_every steps") -> Row:
     c = f.config
     probe = step_lib.make_probe_fn(f.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature,
                                    f.budget)
-    emb, gen = (on_device(b) for b in f.probe)
+    emb, gen = (on_device(b) for b in (batches or f.probe))
     compiled, seconds = compile_jit(probe, f.parts.params, f.parts.base, emb, gen)
     shape = (f"emb {emb['query_ids'].shape[0]}q {emb['passage_ids'].shape[0]}p, "
              f"gen {'x'.join(map(str, gen['input_ids'].shape))}")
-    return Row("S2Sched probe forward", shape, seconds,
-               median_ms(lambda i: compiled(f.parts.params, f.parts.base, emb, gen), steps), "run every step")
+    return Row(what, shape, seconds, median_ms(lambda i: compiled(f.parts.params, f.parts.base, emb, gen), steps),
+               note)
+
+
+def probe_sampling(c: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+    """The run config with fresh S2Sched probes of ``size`` rows a task."""
+    c = config_lib.from_dict(c.to_dict())
+    c.s2sched.probe_size, c.s2sched.probe_sampling = size, "fresh"
+    return c
+
+
+def fresh_probe_rows(f: Finetune, steps: int) -> list[Row]:
+    """The paper's 128-a-task probe forward, and the host side of one fresh draw at the demo's size."""
+    paper = probe_sampling(f.config, 128)
+    demo = probe_sampling(f.config, f.config.s2sched.probe_size)
+    return [probe_row(f, steps, probe_batches(paper, f.valid, 0), "S2Sched probe forward, 128 rows a task",
+                      "the 7B recipe's fresh probe, every step"),
+            Row("host: a fresh probe draw + to device", f"{f.config.s2sched.probe_size} rows a task", None,
+                median_ms(lambda i: [on_device(b) for b in probe_batches(demo, f.valid, i)], max(steps, 10)))]
 
 
 def lm_head_rows(f: Finetune, steps: int) -> list[Row]:
@@ -358,6 +378,7 @@ def main() -> None:
             probe_row(f, args.steps), *lm_head_rows(f, args.steps), host_row(f, args.steps), *padding_rows(f)]
     full, probe = rows[0].median_ms, rows[5].median_ms
     rows.insert(6, Row("train step + probe (a trainer step's device work)", "", None, full + probe))
+    rows[7:7] = fresh_probe_rows(f, args.steps)
     if not args.skip_base:
         rows += base_rows(args.steps)
     print_table(rows)
