@@ -27,7 +27,7 @@ from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.offline import go_offline
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASKS, get_task
+from recfound_jax.tasks import GENERATIVE_TASKS, TASKS, get_task
 
 FLAGS = flags.FlagValues()
 _RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
@@ -69,15 +69,15 @@ def parse_budgets(specs: Sequence[str] | None) -> dict[str, int] | None:
     for spec in specs:
         task, sep, value = spec.rpartition("=")
         if not sep:
-            budgets.update(dict.fromkeys(runner.generation_budgets(), _budget("--max_new_tokens", value)))
+            budgets.update(dict.fromkeys([t.short for t in GENERATIVE_TASKS], _budget("--max_new_tokens", value)))
             continue
         try:
-            short = get_task(task.strip()).short
+            found = get_task(task.strip())
         except KeyError as err:
             cli.usage_error(f"--max_new_tokens: {err.args[0]}")
-        if short not in runner.generation_budgets():
-            cli.usage_error(f"--max_new_tokens: {short} is an embedding task; it generates nothing")
-        budgets[short] = _budget(f"--max_new_tokens {task}", value)
+        if found.is_embedding:
+            cli.usage_error(f"--max_new_tokens: {found.short} is an embedding task; it generates nothing")
+        budgets[found.short] = _budget(f"--max_new_tokens {task}", value)
     return budgets
 
 

@@ -39,10 +39,9 @@ def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> 
     """Max new tokens of each generative task, by short name: the run config's eval.max_new_tokens (the
     released budgets, `RELEASED_MAX_NEW_TOKENS`, for a config without them), then ``overrides``: one
     budget for every task, or a budget per task (short or full name), raising or lowering the config's."""
-    eval_section = getattr(config, "eval", None) if config is not None else None
     budgets = dict(RELEASED_MAX_NEW_TOKENS)
-    if eval_section is not None and "max_new_tokens" in eval_section:
-        budgets.update(eval_section.max_new_tokens.to_dict())
+    if config is not None:
+        budgets.update(config.eval.max_new_tokens.to_dict())
     if isinstance(overrides, int):
         overrides = {short: overrides for short in budgets}
     for key, budget in (overrides or {}).items():
