@@ -20,8 +20,10 @@ for one micro-batch: roughly what cuDNN saves off the CPU's temp. "fits" means t
 72 GB (80 GB less 10% for the CUDA context, cuDNN workspaces and allocator slack).
 
 ``--probe`` adds, per length, S2Sched's validation probe of the recipe (s2sched.probe_size rows of each of
-the 13 tasks, one forward without dropout, `step.make_probe_fn`) and the step's and the probe's XLA
-flop counts per device: the probe's cost relative to a step, when it runs every step.
+the 13 tasks, forwards without dropout in the recipe's GradCache chunks and micro-batches,
+`step.make_probe_fn`): its memory, and the tokens its forwards read against the step's (forward, backward
+and GradCache's extra forward): the probe's cost relative to a step when it runs every step, in forward
+token-passes (XLA's flop count of a program counts a loop's body once, so it cannot compare the two).
 """
 from __future__ import annotations
 
@@ -138,18 +140,18 @@ def compile_step(plan: Plan, c, mesh) -> dict[str, float]:
     compiled = lowered.compile()
     done = time.perf_counter()
     mem = compiled.memory_analysis()
-    flops = compiled.cost_analysis().get("flops", float("nan"))
     heads = MISTRAL_7B.num_heads
     attn = 2 * plan.micro * heads * plan.length * plan.length * 4
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     return {"lower_s": lowered_at - begin, "compile_s": done - lowered_at,
             "argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
             "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes,
-            "code": mem.generated_code_size_in_bytes, "total": total, "attn": attn, "flops": flops}
+            "code": mem.generated_code_size_in_bytes, "total": total, "attn": attn}
 
 
 def compile_probe(c, mesh, length: int) -> dict[str, float]:
-    """Lower and compile the recipe's S2Sched probe at ``length`` tokens; bytes and flops per device."""
+    """Lower and compile the recipe's S2Sched probe at ``length`` tokens; bytes per device, and its forward
+    token-passes against the step's (`token_passes`)."""
     n = c.s2sched.probe_size
     n_emb, n_gen = n * len(EMBEDDING_TASKS), n * len(GENERATIVE_TASKS)
     parts = step_lib.ModelParts.of(abstract_model("none", TMoLEConfig.from_config(c.tmole)))
@@ -157,13 +159,23 @@ def compile_probe(c, mesh, length: int) -> dict[str, float]:
     emb, gen = recipe_batches(n_emb, n_gen, min(c.data.query_len, length), length, length, mesh)
     emb["task_index"] = batch_structs({"task_index": ((n_emb,), jnp.int32)}, mesh)["task_index"]
     gen["task_index"] = batch_structs({"task_index": ((n_gen,), jnp.int32)}, mesh)["task_index"]
-    probe = parallel.under_mesh(step_lib.make_probe_fn(parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS),
-                                                       c.train.temperature), mesh)
+    probe = parallel.under_mesh(step_lib.make_probe_fn(
+        parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature,
+        embedding_chunk=c.train.gradcache_chunk, generative_chunk=c.train.generative_micro_batch), mesh)
     compiled = jax.jit(probe).lower(params, base, emb, gen).compile()
     mem = compiled.memory_analysis()
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-    return {"rows": n_emb + n_gen, "temp": mem.temp_size_in_bytes, "total": total,
-            "flops": compiled.cost_analysis().get("flops", float("nan"))}
+    query_len = min(c.data.query_len, length)
+    probe_tokens = n_emb * query_len + 2 * n_emb * length + n_gen * length
+    return {"rows": n_emb + n_gen, "temp": mem.temp_size_in_bytes, "total": total, "probe_passes": probe_tokens,
+            "step_passes": token_passes(c, query_len, length)}
+
+
+def token_passes(c, query_len: int, length: int) -> int:
+    """The train step's work in forward token-passes (a backward counted as two): embedding tokens four
+    times (GradCache's representation pass, the recomputed forward, its backward), generative tokens three."""
+    emb = c.train.embedding_batch * (query_len + 2 * length)
+    return 4 * emb + 3 * c.train.generative_batch * length
 
 
 def _like_params(opt_state: Any, params: Any, mesh) -> Any:
@@ -190,7 +202,7 @@ def main() -> None:
     parser.add_argument("--micro", type=int, nargs="+", default=[1, 2, 4],
                         help="samples per device in one GradCache chunk / generative micro-batch")
     parser.add_argument("--mesh", type=int, nargs=3, default=[1, -1, 1], metavar=("DATA", "FSDP", "TENSOR"))
-    parser.add_argument("--probe", action="store_true", help="also plan S2Sched's probe and compare its flops")
+    parser.add_argument("--probe", action="store_true", help="also plan S2Sched's probe and compare its cost")
     args = parser.parse_args()
     c = recipes.load("recfound_mistral7b")
     mesh = parallel.make_mesh(args.mesh)
@@ -199,13 +211,12 @@ def main() -> None:
     header = (f"{'len':>5} {'remat':<19} {'micro':>5} {'lower s':>7} {'compile s':>9} {'args':>6} {'out':>6} "
               f"{'temp':>7} {'code':>5} {'total':>7} {'attn':>6}  fits")
     print(header)
-    totals, step_flops = {}, {}
+    totals = {}
     for length in args.lengths:
         for remat in args.remat:
             for micro in args.micro:
                 r = compile_step(Plan(length, remat, micro), c, mesh)
                 totals[Plan(length, remat, micro)] = r["total"]
-                step_flops[length] = r["flops"]
                 fits = "yes" if r["total"] <= BUDGET_BYTES else "no"
                 print(f"{length:>5} {remat:<19} {micro:>5} {r['lower_s']:>7.1f} {r['compile_s']:>9.1f} "
                       f"{r['argument'] / GIB:>6.2f} {r['output'] / GIB:>6.2f} {r['temp'] / GIB:>7.2f} "
@@ -215,16 +226,16 @@ def main() -> None:
     for length in args.lengths:
         print(f"{length} tokens: {recommend(totals, length, data_ways)}")
     if args.probe:
-        print(f"\nS2Sched probe: {c.s2sched.probe_size} rows of each task ({c.s2sched.probe_sampling}); GiB and "
-              "TFLOP per device")
-        print(f"{'len':>5} {'rows':>5} {'temp':>7} {'total':>7}  fits {'probe TFLOP':>11} {'step TFLOP':>10} "
+        print(f"\nS2Sched probe: {c.s2sched.probe_size} rows of each task ({c.s2sched.probe_sampling}); GiB per "
+              "device; cost in forward token-passes")
+        print(f"{'len':>5} {'rows':>5} {'temp':>7} {'total':>7}  fits {'probe Mtok':>10} {'step Mtok':>9} "
               f"{'probe/step':>10}")
         for length in args.lengths:
             r = compile_probe(c, mesh, length)
             fits = "yes" if r["total"] <= BUDGET_BYTES else "no"
             print(f"{length:>5} {r['rows']:>5} {r['temp'] / GIB:>7.2f} {r['total'] / GIB:>7.2f}  {fits:>4} "
-                  f"{r['flops'] / 1e12:>11.2f} {step_flops[length] / 1e12:>10.2f} "
-                  f"{r['flops'] / step_flops[length]:>10.2f}", flush=True)
+                  f"{r['probe_passes'] / 1e6:>10.2f} {r['step_passes'] / 1e6:>9.2f} "
+                  f"{r['probe_passes'] / r['step_passes']:>10.3f}", flush=True)
 
 
 def recommend(totals: dict[Plan, float], length: int, data_ways: int) -> str:

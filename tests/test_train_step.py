@@ -174,6 +174,10 @@ def test_probe_losses_per_task():
     logits = model(gen["input_ids"][2:], gen["attention_mask"][2:], task_ids=gen["task_ids"][2:])
     total, count = token_cross_entropy(logits, gen["labels"][2:])
     np.testing.assert_allclose(gen_losses[1], total / count, rtol=1e-5)
+    # In chunks (the 7B recipe's probe does not fit in one forward): the same losses.
+    chunked = jax.jit(step_lib.make_probe_fn(parts, 3, 10, 0.02, embedding_chunk=2, generative_chunk=2))
+    chex.assert_trees_all_close(chunked(parts.params, parts.base, emb, gen), (emb_losses, gen_losses), rtol=1e-5,
+                                atol=1e-6)
 
 
 def test_answer_budget_cross_entropy_equals_all_positions():

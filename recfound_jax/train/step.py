@@ -182,21 +182,42 @@ def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, 
 
 
 def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_tasks: int,
-                  temperature: float, answer_budget: int = 0) -> Callable:
+                  temperature: float, answer_budget: int = 0, *, embedding_chunk: int = 0,
+                  generative_chunk: int = 0) -> Callable:
     """probe(params, base, emb_batch, gen_batch) -> (per-task InfoNCE [n_emb], per-task token CE [n_gen]).
 
     Eval mode (no dropout). Embedding probe losses are InfoNCE among the probe samples of the same task;
-    ``task_index`` in each batch gives a sample's position in its branch's task list.
+    ``task_index`` in each batch gives a sample's position in its branch's task list. The forwards run
+    ``embedding_chunk`` queries (with their passages) and ``generative_chunk`` rows at a time when those
+    divide the probe's batches (the train step's GradCache chunk and micro-batch: a 128-a-task probe of the
+    7B recipe does not fit in one forward); the losses are the same.
     """
     def per_task_mean(values, weights, index, n):
         sums = jax.ops.segment_sum(values, index, num_segments=n)
         counts = jax.ops.segment_sum(weights, index, num_segments=n)
         return sums / jnp.maximum(counts, 1e-9)
 
+    def embedding_reps(params, base, batch):
+        size = batch["query_ids"].shape[0]
+        if not 0 < embedding_chunk < size or size % embedding_chunk:
+            return _reps(parts, params, base, batch, None)
+        q, p = jax.lax.map(lambda c: _reps(parts, params, base, c, None), gradcache.chunked(batch, embedding_chunk))
+        return q.reshape(-1, q.shape[-1]), p.reshape(-1, p.shape[-1])
+
+    def answer_losses(params, base, batch):
+        size = batch["input_ids"].shape[0]
+        keys = ("input_ids", "attention_mask", "labels", "task_ids")
+        if not 0 < generative_chunk < size or size % generative_chunk:
+            return cross_entropy.answer_cross_entropy(parts.merge(params, base), batch, answer_budget)
+        chunks = {k: batch[k].reshape(size // generative_chunk, generative_chunk, *batch[k].shape[1:]) for k in keys}
+        sums, counts = jax.lax.map(
+            lambda c: cross_entropy.answer_cross_entropy(parts.merge(params, base), c, answer_budget), chunks)
+        return sums.reshape(-1), counts.reshape(-1)
+
     def probe(params, base, emb_batch, gen_batch):
         emb_losses = jnp.zeros((num_embedding_tasks,))
         if emb_batch is not None:
-            q, p = _reps(parts, params, base, emb_batch, None)
+            q, p = embedding_reps(params, base, emb_batch)
             index = emb_batch["task_index"]
             same_task = index[:, None] == jnp.repeat(index, p.shape[0] // q.shape[0])[None, :]
             valid = _passage_valid(emb_batch)
@@ -206,7 +227,7 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
             emb_losses = per_task_mean(nll, jnp.ones_like(nll), index, num_embedding_tasks)
         gen_losses = jnp.zeros((num_generative_tasks,))
         if gen_batch is not None:
-            sums, counts = cross_entropy.answer_cross_entropy(parts.merge(params, base), gen_batch, answer_budget)
+            sums, counts = answer_losses(params, base, gen_batch)
             gen_losses = per_task_mean(sums, counts, gen_batch["task_index"], num_generative_tasks)
         return emb_losses, gen_losses
 

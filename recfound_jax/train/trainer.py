@@ -256,7 +256,8 @@ class Trainer:
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
                                   out_shardings=(state_sh, rep), donate_argnums=0)
         self.probe = jax.jit(parallel.under_mesh(step_lib.make_probe_fn(
-            self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature, budget), self.mesh),
+            self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature, budget,
+            embedding_chunk=c.train.gradcache_chunk, generative_chunk=c.train.generative_micro_batch), self.mesh),
             out_shardings=rep)
 
     def _begin(self) -> None:
