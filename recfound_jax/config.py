@@ -19,7 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from recfound_jax import jsonio, parallel, recipes
-from recfound_jax.tasks import GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS
 from recfound_jax.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -193,6 +193,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check_tmole(c.tmole)
     _check_train(c.train)
     _check_s2sched(c.s2sched)
+    _check_probe_chunks(c.s2sched, c.train)
     _check_mesh(c, device_count)
     _check_eval(c.eval)
 
@@ -283,6 +284,17 @@ def _check_s2sched(s: ml_collections.ConfigDict) -> None:
            f"{s.probe_sampling!r} not in {PROBE_SAMPLING}")
     _check(s.update_every >= 1, "s2sched.update_every", f"must be >= 1, got {s.update_every}")
     _check_bool(s.floor, "s2sched.floor")
+
+
+def _check_probe_chunks(s: ml_collections.ConfigDict, tr: ml_collections.ConfigDict) -> None:
+    """The probe runs in the train step's chunks (a 7B probe does not fit in one forward), so they must
+    divide its batches of probe_size rows of every task."""
+    if not s.enabled:
+        return
+    for chunk_key, tasks in (("gradcache_chunk", EMBEDDING_TASKS), ("generative_micro_batch", GENERATIVE_TASKS)):
+        chunk, rows = tr[chunk_key], s.probe_size * len(tasks)
+        _check(not 0 < chunk < rows or rows % chunk == 0, "s2sched.probe_size",
+               f"{s.probe_size} x {len(tasks)} tasks = {rows} probe rows, not a multiple of train.{chunk_key}={chunk}")
 
 
 def _check_eval(e: ml_collections.ConfigDict) -> None:

@@ -70,6 +70,23 @@ def test_unknown_dropout_rng_is_named():
     config_lib.validate(c, device_count=1)
 
 
+def test_a_probe_that_the_step_chunks_cannot_divide_is_named():
+    c = recipes.load("recfound_mistral7b")  # chunks of 8: 128 rows a task divide, 100 do not
+    c.model.base, c.data.dir = "demo", "synthetic"
+    c.data.query_len = c.data.passage_len = c.data.generative_len = 176  # the demo base's positions
+    config_lib.validate(c, device_count=8)
+    c.s2sched.probe_size = 100
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"config\.s2sched\.probe_size: 100 x 3 tasks = 300 probe rows, not a multiple of "
+                             r"train\.gradcache_chunk=8"):
+        config_lib.validate(c, device_count=8)
+    c.s2sched.probe_size, c.train.gradcache_chunk = 5, 0
+    with pytest.raises(config_lib.ConfigError, match=r"50 probe rows, not a multiple of train\.generative_micro_batch"):
+        config_lib.validate(c, device_count=8)
+    c.s2sched.enabled = False  # no probe: nothing to chunk
+    config_lib.validate(c, device_count=8)
+
+
 def test_a_run_config_saved_before_a_key_existed_loads_with_its_default():
     saved = config_lib.to_dict(recipes.load("demo"))
     del saved["tmole"]["dropout_per_expert"]

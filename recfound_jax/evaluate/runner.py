@@ -36,9 +36,10 @@ Budgets = int | Mapping[str, int]
 
 
 def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> dict[str, int]:
-    """Max new tokens of each generative task, by short name: the run config's eval.max_new_tokens (the
-    released budgets, `RELEASED_MAX_NEW_TOKENS`, for a config without them), then ``overrides``: one
-    budget for every task, or a budget per task (short or full name), raising or lowering the config's."""
+    """Max new tokens of each generative task, by short name: the run config's eval.max_new_tokens (a run
+    saved before that key existed loads with the released budgets as its default; with no config at all,
+    `RELEASED_MAX_NEW_TOKENS`), then ``overrides``: one budget for every task, or a budget per task (short
+    or full name), raising or lowering the config's."""
     budgets = dict(RELEASED_MAX_NEW_TOKENS)
     if config is not None:
         budgets.update(config.eval.max_new_tokens.to_dict())

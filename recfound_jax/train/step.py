@@ -188,9 +188,10 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
 
     Eval mode (no dropout). Embedding probe losses are InfoNCE among the probe samples of the same task;
     ``task_index`` in each batch gives a sample's position in its branch's task list. The forwards run
-    ``embedding_chunk`` queries (with their passages) and ``generative_chunk`` rows at a time when those
-    divide the probe's batches (the train step's GradCache chunk and micro-batch: a 128-a-task probe of the
-    7B recipe does not fit in one forward); the losses are the same.
+    ``embedding_chunk`` queries (with their passages) and ``generative_chunk`` rows at a time (the train
+    step's GradCache chunk and micro-batch: a 128-a-task probe of the 7B recipe does not fit in one
+    forward); the losses are the same. A chunk that does not divide its batch is refused, as the step does
+    (`recfound_jax.config.validate` names s2sched.probe_size before anything compiles).
     """
     def per_task_mean(values, weights, index, n):
         sums = jax.ops.segment_sum(values, index, num_segments=n)
@@ -199,16 +200,20 @@ def make_probe_fn(parts: ModelParts, num_embedding_tasks: int, num_generative_ta
 
     def embedding_reps(params, base, batch):
         size = batch["query_ids"].shape[0]
-        if not 0 < embedding_chunk < size or size % embedding_chunk:
+        if not 0 < embedding_chunk < size:
             return _reps(parts, params, base, batch, None)
+        if size % embedding_chunk:
+            raise ValueError(f"train.gradcache_chunk={embedding_chunk} does not divide the probe's {size} queries")
         q, p = jax.lax.map(lambda c: _reps(parts, params, base, c, None), gradcache.chunked(batch, embedding_chunk))
         return q.reshape(-1, q.shape[-1]), p.reshape(-1, p.shape[-1])
 
     def answer_losses(params, base, batch):
         size = batch["input_ids"].shape[0]
         keys = ("input_ids", "attention_mask", "labels", "task_ids")
-        if not 0 < generative_chunk < size or size % generative_chunk:
+        if not 0 < generative_chunk < size:
             return cross_entropy.answer_cross_entropy(parts.merge(params, base), batch, answer_budget)
+        if size % generative_chunk:
+            raise ValueError(f"train.generative_micro_batch={generative_chunk} does not divide the probe's {size} rows")
         chunks = {k: batch[k].reshape(size // generative_chunk, generative_chunk, *batch[k].shape[1:]) for k in keys}
         sums, counts = jax.lax.map(
             lambda c: cross_entropy.answer_cross_entropy(parts.merge(params, base), c, answer_budget), chunks)
