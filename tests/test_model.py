@@ -13,6 +13,7 @@ from flax import nnx
 from recfound_jax import parallel, tasks
 from recfound_jax.convert.hf import folded_weights
 from recfound_jax.model import attention
+from recfound_jax.model import tmole as tmole_lib
 from recfound_jax.model.mistral import Mistral, MistralConfig, head_logits
 from recfound_jax.model.tmole import (
     TMoLEConfig,
@@ -119,13 +120,40 @@ def test_gates_mask_the_other_kind(counts):
     model = Mistral(CFG, tmole=cfg, rngs=nnx.Rngs(0))
     task_ids = jnp.arange(tasks.TASK_TABLE_SIZE)
     kinds = cfg.expert_kinds()
-    for gate in model.adapters.gates(task_ids).values():
-        chex.assert_shape(gate, (CFG.num_layers, tasks.TASK_TABLE_SIZE, cfg.num_experts))
-        np.testing.assert_allclose(gate.sum(-1), 1.0, atol=1e-6)
-        for task in tasks.TASKS:
-            other = 2 if task.is_embedding else 0
-            assert np.all(np.asarray(gate[:, task.id, kinds == other]) == 0.0)
-            assert np.all(np.asarray(gate[:, task.id, kinds != other]) > 0.0)
+    by_path = {path: model.adapters.gates(task_ids, path) for path in tmole_lib.PATHS}
+    for path, gates in by_path.items():
+        for name, gate in gates.items():
+            chex.assert_shape(gate, (CFG.num_layers, tasks.TASK_TABLE_SIZE, cfg.num_experts))
+            np.testing.assert_allclose(gate.sum(-1), 1.0, atol=1e-6)
+            for task in tasks.TASKS:
+                other = 2 if task.is_embedding else 0
+                assert np.all(np.asarray(gate[:, task.id, kinds == other]) == 0.0)
+                assert np.all(np.asarray(gate[:, task.id, kinds != other]) > 0.0)
+            # the "none" row follows the call path, as the released layer masks by path
+            none = np.asarray(gate[:, tasks.NONE_TASK_ID])
+            other = 2 if path == "encoding" else 0
+            assert np.all(none[:, kinds == other] == 0.0) and np.all(none[:, kinds != other] > 0.0)
+            if path == "generation":  # the 13 tasks route the same on both paths
+                chex.assert_trees_all_equal(gate[:, :tasks.NUM_TASKS], by_path["encoding"][name][:, :tasks.NUM_TASKS])
+    with pytest.raises(ValueError, match="path must be one of"):
+        model.adapters.gates(task_ids, "decode")
+
+
+def test_the_none_task_is_routed_by_the_call_path():
+    """Id 13 through the model: the encoding forward uses the embedding experts' gates, the generation
+    forward the generative ones; shown by zeroing the generative experts' B matrices."""
+    cfg = TMoLEConfig.default(num_embedding=1, num_shared=0, num_generative=1, rank=2, task_embedding_dim=8)
+    model = Mistral(CFG, tmole=cfg, rngs=nnx.Rngs(0))
+    ids = jax.random.randint(jax.random.key(1), (2, 6), 0, CFG.vocab_size)
+    none = jnp.full((2,), tasks.NONE_TASK_ID)
+    for bank in model.adapters.banks.values():
+        bank.b[...] = jax.random.normal(jax.random.key(2), bank.b.shape)
+    encoding, generation = (model.hidden_states(ids, task_ids=none, causal=c) for c in (False, True))
+    kinds = cfg.expert_kinds()
+    for bank in model.adapters.banks.values():  # zero the generative experts: generation must change, encoding not
+        bank.b[...] = jnp.where(jnp.asarray(kinds == 2)[None, :, None, None], 0.0, bank.b[...])
+    chex.assert_trees_all_equal(model.hidden_states(ids, task_ids=none, causal=False), encoding)
+    assert not np.allclose(model.hidden_states(ids, task_ids=none, causal=True), generation)
 
 
 def test_plain_lora_when_disabled():

@@ -184,8 +184,8 @@ def folded_weights(model: Mistral, task: str | int) -> dict[str, jax.Array]:
     """Base q/k/v/o weights [L, out, in] with ``task``'s gated bank folded in: W0 + ΔW_t (float32 sum)."""
     if model.adapters is None:
         raise ValueError("this model has no adapters to fold")
-    task_id = get_task(task).id
-    gates = model.adapters.gates(jnp.array([task_id]))
+    resolved = get_task(task)
+    gates = model.adapters.gates(jnp.array([resolved.id]), "encoding" if resolved.is_embedding else "generation")
     scale = model.adapters.cfg.scale
     out = {}
     for name, bank in model.adapters.banks.items():

@@ -148,7 +148,8 @@ class RecFound:
         if adapters is None or not adapters.cfg.enabled:
             raise ValueError("routing needs a TMoLE model with adapters (not base_only, not a plain LoRA run)")
         ids = jnp.asarray([resolve_task(t).id for t in (TASKS if tasks is None else tasks)], jnp.int32)
-        gates = adapters.gates(ids)  # {target: [L, n_tasks, N]}
+        # {target: [L, n_tasks, N]}; each of the 13 tasks routes to its kind's experts on either path
+        gates = adapters.gates(ids, "generation")
         features = [np.swapaxes(np.asarray(gates[t], np.float32), 0, 1).reshape(len(ids), -1)
                     for t in adapters.cfg.targets]
         return np.concatenate(features, axis=1)

@@ -253,7 +253,8 @@ class Mistral(nnx.Module):
             def attend(q, k, v):
                 return attention.attend(q, k, v, mask), None
 
-        h, _ = self._run(input_ids, positions, attend, task_ids, dropout_key)
+        h, _ = self._run(input_ids, positions, attend, task_ids, dropout_key,
+                         path="generation" if causal else "encoding")
         return h
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -303,7 +304,7 @@ class Mistral(nnx.Module):
         def attend(q, k, v):
             return attention.attend(q, k, v, mask), {"k": k.astype(self.dtype), "v": v.astype(self.dtype)}
 
-        h, new_kv = self._run(input_ids, positions, attend, task_ids, None)
+        h, new_kv = self._run(input_ids, positions, attend, task_ids, None, path="generation")
         # new_kv: {"k", "v"} [L, B, T, KV, hd] from the layer scan, written into each layer's buffer.
         cache = tuple({name: jax.lax.dynamic_update_slice(layer[name], new_kv[name][i].transpose(0, 2, 1, 3),
                                                           (0, 0, 0, 0))
@@ -318,7 +319,7 @@ class Mistral(nnx.Module):
         `decode_step` runs the layers one by one on these. Computed once before a decoding loop, they are
         sliced from the stacked weights once, rather than once a step, and the gates are routed once.
         """
-        xs = self._layer_inputs(task_ids, None)
+        xs = self._layer_inputs(task_ids, None, "generation")
         return tuple(jax.tree.map(lambda a, i=i: a[i], xs) for i in range(self.config.num_layers))
 
     def decode_step(
@@ -355,11 +356,12 @@ class Mistral(nnx.Module):
         return self.logits(h[:, 0]), tuple(new_cache)
 
     # ----------------------------------------------------------------------------------- the scan
-    def _layer_inputs(self, task_ids: jax.Array | None, dropout_key: jax.Array | None) -> dict[str, Any]:
-        """What each layer reads, stacked over layers: base weights, adapter banks and gates, dropout keys."""
+    def _layer_inputs(self, task_ids: jax.Array | None, dropout_key: jax.Array | None, path: str) -> dict[str, Any]:
+        """What each layer reads, stacked over layers: base weights, adapter banks and gates (routed for the
+        call ``path``, see `tmole.PATHS`), dropout keys."""
         xs: dict[str, Any] = {"base": self.layers.arrays()}
         if self.adapters is not None:
-            gates = self.adapters.gates(task_ids)
+            gates = self.adapters.gates(task_ids, path)
             xs["adapters"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": gates[t]}
                               for t, bank in self.adapters.banks.items()}
             if dropout_key is not None and self.tmole_config.dropout > 0:
@@ -373,6 +375,8 @@ class Mistral(nnx.Module):
         attend: AttendFn,
         task_ids: jax.Array | None,
         dropout_key: jax.Array | None,
+        *,
+        path: str,
     ) -> tuple[jax.Array, Any]:
         """The layer scan: final-norm hidden states and whatever ``attend`` returned per layer, stacked."""
         cfg = self.config
@@ -387,7 +391,7 @@ class Mistral(nnx.Module):
                                       cos=cos, sin=sin, attend=attend)
             return parallel.constrain(h, "residual"), extra
 
-        xs = self._layer_inputs(task_ids, dropout_key)
+        xs = self._layer_inputs(task_ids, dropout_key, path)
         step = remat_wrap(layer, self.remat)
         if self.scan_layers:
             h, extra = jax.lax.scan(step, h, xs)

@@ -32,9 +32,13 @@ from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
 
 TARGETS = ("q", "k", "v", "o")
 
-# Kind of each row of the task-embedding table: 0 embedding, 1 generative, 2 "none" (all experts allowed).
+# Kind of each row of the task-embedding table: 0 embedding, 1 generative, 2 "none" (the call path's kind).
 _TASK_KIND = np.array([0 if t.is_embedding else 1 for t in TASKS] + [2], dtype=np.int32)
 _EXPERT_EMBEDDING, _EXPERT_SHARED, _EXPERT_GENERATIVE = 0, 1, 2
+# The call paths: encoding (bidirectional, pooled) and generation (causal). The released layer masks by
+# path, so the "none" row (id 13) routes to the embedding experts when encoding, the generative ones when
+# generating; every one of the 13 tasks has the same mask on either path here (its kind's).
+PATHS = ("encoding", "generation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +98,13 @@ class TMoLEConfig:
         return np.array([_EXPERT_EMBEDDING] * self.num_embedding + [_EXPERT_SHARED] * self.num_shared
                         + [_EXPERT_GENERATIVE] * self.num_generative, dtype=np.int32)
 
-    def allowed_experts(self) -> np.ndarray:
-        """Boolean [task table rows, N]: which experts each task may route to."""
+    def allowed_experts(self, path: str) -> np.ndarray:
+        """Boolean [task table rows, N]: which experts each task may route to on ``path`` (`PATHS`)."""
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         kinds = self.expert_kinds()[None, :]
-        task_kind = _TASK_KIND[:, None]
-        return ((kinds == _EXPERT_SHARED) | (task_kind == 2)
+        task_kind = np.where(_TASK_KIND == 2, PATHS.index(path), _TASK_KIND)[:, None]
+        return ((kinds == _EXPERT_SHARED)
                 | ((kinds == _EXPERT_EMBEDDING) & (task_kind == 0))
                 | ((kinds == _EXPERT_GENERATIVE) & (task_kind == 1)))
 
@@ -148,8 +154,9 @@ class TMoLE(nnx.Module):
             self.task_embedding = nnx.Param(std * jax.random.normal(rngs.params(), (TASK_TABLE_SIZE, e), jnp.float32))
         self.banks = nnx.Dict({t: ExpertBank(cfg, num_layers, *dims[t], rngs=rngs) for t in cfg.targets})
 
-    def gates(self, task_ids: jax.Array | None) -> dict[str, jax.Array]:
-        """Per-sample gates {target: [L, B, N]} (float32); a plain LoRA gets all ones."""
+    def gates(self, task_ids: jax.Array | None, path: str) -> dict[str, jax.Array]:
+        """Per-sample gates {target: [L, B, N]} (float32) on call path ``path`` (`PATHS`: it decides the
+        "none" row's experts); a plain LoRA gets all ones."""
         num_layers = next(iter(self.banks.values())).a.shape[0]
         if not self.cfg.enabled:
             batch = 1 if task_ids is None else task_ids.shape[0]
@@ -157,7 +164,7 @@ class TMoLE(nnx.Module):
         if task_ids is None:
             raise ValueError("a TMoLE model needs task_ids for every sample")
         vectors = self.task_embedding[...][task_ids]
-        allowed = jnp.asarray(self.cfg.allowed_experts())[task_ids]  # [B, N]
+        allowed = jnp.asarray(self.cfg.allowed_experts(path))[task_ids]  # [B, N]
         out = {}
         for name, bank in self.banks.items():
             logits = bank.router_logits(vectors)
