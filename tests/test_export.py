@@ -1,4 +1,5 @@
-"""Per-task export: the folded plain Mistral gives the TMoLE model's outputs, in JAX and in transformers."""
+"""Per-task export: the folded plain Mistral and the PEFT LoRA adapter give the TMoLE model's outputs, in JAX,
+transformers and peft."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +7,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peft
 import pytest
 import sentencepiece as spm
 import torch
 import transformers
 
-from recfound_jax.convert import export
-from recfound_jax.convert.hf import load_hf
+from recfound_jax import jsonio
+from recfound_jax.convert import export, peft_adapter
+from recfound_jax.convert.hf import folded_weights, load_hf
 from recfound_jax.data.formatting import Formatter
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import get_task
+from recfound_jax.tasks import TASKS, get_task
 from recfound_jax.tokenizer import Tokenizer
 from tests.train_fixtures import tiny_config, write_model_run, write_tiny_base
 
@@ -140,3 +143,57 @@ def test_cli_exports_and_refuses_a_used_folder_and_an_unknown_task(run_dir, tmp_
     assert exited.value.code == 2
     assert "flag --task=Nope: unknown task 'Nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ---- PEFT adapters -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adapters(run_dir, tmp_path_factory):
+    return dict(zip((GENERATIVE, EMBEDDING), export.export_tasks(
+        run_dir, [GENERATIVE, EMBEDDING], tmp_path_factory.mktemp("adapters"), peft=True)))
+
+
+def _peft_model(run_dir, folder):
+    base = transformers.MistralForCausalLM.from_pretrained(rundir.read_run_info(run_dir)["base"],
+                                                          attn_implementation="eager")
+    return peft.PeftModel.from_pretrained(base, folder).eval()
+
+
+@pytest.mark.parametrize("task", [GENERATIVE, EMBEDDING])
+def test_peft_loads_the_adapter_with_the_tmole_logits(run_dir, adapters, tmole, task):
+    ids, mask = _batch(2)
+    task_ids = jnp.full((ids.shape[0],), get_task(task).id)
+    expected = np.asarray(tmole(jnp.asarray(ids), jnp.asarray(mask), task_ids=task_ids))
+    model = _peft_model(run_dir, adapters[task])
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], expected[real], rtol=1e-4, atol=1e-4)
+    with torch.no_grad(), model.disable_adapter():  # the adapter is what makes the difference
+        plain = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    assert np.abs(plain[real] - expected[real]).max() > 1e-3
+
+
+def test_the_adapter_stacks_the_tasks_experts_with_scale_one(adapters, tmole):
+    config = jsonio.read_json(adapters[GENERATIVE] / peft_adapter.CONFIG_FILE)
+    cfg = tmole.adapters.cfg
+    rank = (cfg.num_generative + cfg.num_shared) * cfg.rank
+    assert (config["r"], config["lora_alpha"], config["peft_type"]) == (rank, rank, "LORA")
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    a, b = peft_adapter.task_lora(tmole, get_task(GENERATIVE))["q"]
+    folded = np.asarray(folded_weights(tmole, GENERATIVE)["q"]) - np.asarray(tmole.layers.q[...])  # [L, out, in]
+    np.testing.assert_allclose(np.einsum("lor,lri->loi", b, a), folded, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_writes_every_task_as_an_adapter(run_dir, tmp_path, capsys):
+    out = tmp_path / "all"
+    assert export.main(["--run", str(run_dir), "--all_tasks", "--peft", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(t.name for t in TASKS)
+    for folder in out.iterdir():
+        assert {p.name for p in folder.iterdir()} == {peft_adapter.CONFIG_FILE, peft_adapter.WEIGHTS_FILE,
+                                                      "tokenizer.model", "README.md"}
+    readme = (out / GENERATIVE / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in readme and "--enable-lora" in readme
+    with pytest.raises(SystemExit) as exited:
+        export.main(["--run", str(run_dir), "--task", "PM", "--all_tasks", "--out", str(tmp_path / "x")])
+    assert exited.value.code == 2 and "exactly one of --task NAME and --all_tasks" in capsys.readouterr().err

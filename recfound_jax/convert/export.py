@@ -1,12 +1,15 @@
-"""Export one task of a run as a plain HF Mistral checkpoint: no adapter code needed to serve it.
+"""Export a run's tasks: as plain HF Mistral checkpoints, or as PEFT LoRA adapters over the run's base.
 
-    python -m recfound_jax.convert.export --run RUN_DIR --task NAME [--step N] --out DIR
+    python -m recfound_jax.convert.export --run RUN_DIR (--task NAME | --all_tasks) [--peft] [--step N] --out DIR
 
-The task's gate is fixed, so its gated expert bank folds into one dense delta per projection and
-layer (W0 + ΔW_t, `model.hf.save_hf(model, DIR, task=...)`). DIR gets config.json and safetensors that
-transformers' MistralForCausalLM loads, the run's tokenizer.model, and a README.md naming the task,
-run and step and giving the exact prompt format (and, for embedding tasks, the pooling and the
-attention mask the export needs).
+A task's gate is fixed, so its gated expert bank folds into one dense delta per projection and layer
+(W0 + ΔW_t, `convert.hf.save_hf(model, DIR, task=...)`): DIR gets config.json and safetensors that
+transformers' MistralForCausalLM loads. With ``--peft`` the bank becomes one LoRA instead
+(`convert.peft_adapter`): DIR gets adapter_config.json and adapter_model.safetensors that
+``peft.PeftModel.from_pretrained(base, DIR)`` and multi-LoRA servers load over the run's base. Either way
+DIR also gets the run's tokenizer.model and a README.md naming the task, run and step and giving the exact
+prompt format (and, for embedding tasks, the pooling and the attention mask the model needs).
+``--all_tasks`` writes one such folder per task, DIR/<task name>.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from pathlib import Path
 
 from absl import flags
 
-from recfound_jax import cli
+from recfound_jax import cli, jsonio
+from recfound_jax.convert import peft_adapter
 from recfound_jax.convert.hf import save_hf
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
 from recfound_jax.runs import rundir
@@ -87,7 +91,7 @@ embedding = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
 
 
 def readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, dtype: str) -> str:
-    """The README.md of an export: the task, where it came from, and how to feed the model."""
+    """The README.md of a folded export: the task, where it came from, and how to feed the model."""
     kind = "embedding" if task.is_embedding else "generative"
     section = _embedding_section() if task.is_embedding else _generative_section()
     return f"""# RecFound task export: {task.name} ({task.short}, {kind})
@@ -96,10 +100,7 @@ A plain Mistral checkpoint for one RecFound task: the task's mixture of LoRA exp
 into the q, k, v and o weights of every layer (W0 + (alpha / r) * sum_j gate_j B_j A_j with the task's
 gate), so it runs with no adapter code.
 
-- task: `{task.name}` (id {task.id}, short name {task.short}, {kind}, metric {task.metric})
-- run: `{run_dir}` (config name `{config_name}`)
-- step: {step}
-- weights dtype: {dtype}
+{_provenance(task, run_dir, step, config_name)}- weights dtype: {dtype}
 - files: config.json and *.safetensors (transformers `MistralForCausalLM`), {TOKENIZER} (SentencePiece,
   the run's tokenizer), this README
 
@@ -111,26 +112,79 @@ Other tasks need their own export: the gate, and so the folded weights, differ p
 """
 
 
-def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathLike, step: int | None = None) -> Path:
-    """Write ``out``: run ``run_dir``'s model at ``step`` (default: the latest) with ``task`` folded in.
+def _provenance(task: Task, run_dir: Path, step: int | None, config_name: str) -> str:
+    kind = "embedding" if task.is_embedding else "generative"
+    return (f"- task: `{task.name}` (id {task.id}, short name {task.short}, {kind}, metric {task.metric})\n"
+            f"- run: `{run_dir}` (config name `{config_name}`)\n- step: {step}\n")
 
-    ``out`` gets HF config.json + safetensors (`save_hf(model, out, task=...)`), the run's tokenizer as
-    tokenizer.model and README.md. Raises KeyError for an unknown task, FileExistsError when ``out``
-    is not empty.
+
+def peft_readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, base: Path, rank: int) -> str:
+    """The README.md of a PEFT adapter export: the task, the base it adapts, serving, the input format."""
+    section = _embedding_section() if task.is_embedding else _generative_section()
+    return f"""# RecFound task adapter: {task.name} ({task.short}) as a PEFT LoRA
+
+The task's mixture of LoRA experts (TMoLE) on q, k, v and o as one standard LoRA of rank {rank}: the
+experts the task routes to, stacked, with the task's gates and alpha / r folded into lora_B
+(lora_alpha = r, so PEFT's scale is 1). Every task of the run is such an adapter over the same base.
+
+{_provenance(task, run_dir, step, config_name)}- base model: `{base}` (the run's base, `base_model_name_or_path`)
+- files: {peft_adapter.CONFIG_FILE}, {peft_adapter.WEIGHTS_FILE} (float32), {TOKENIZER}, this README
+
+```python
+import peft, transformers
+base = transformers.MistralForCausalLM.from_pretrained("{base}")
+model = peft.PeftModel.from_pretrained(base, ".")  # this folder
+```
+
+Serving every task over one base with a multi-LoRA server, e.g. vLLM (not run by this project's tests):
+
+    vllm serve {base} --enable-lora --max-lora-rank {max(16, 1 << (rank - 1).bit_length())} \\
+        --lora-modules {task.short}=<this folder> <other task>=<its folder> ...
+
+and a request names the task's adapter as its model. Generative tasks only: servers run causal
+attention, and an embedding task needs the bidirectional mask below.
+
+{section}"""
+
+
+def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathLike, step: int | None = None,
+                *, peft: bool = False) -> Path:
+    """Write ``out``: run ``run_dir``'s model at ``step`` (default: the latest) for ``task``.
+
+    ``out`` gets HF config.json + safetensors with the task folded in (`save_hf(model, out, task=...)`), or
+    with ``peft`` the task's PEFT LoRA adapter over the run's base (`peft_adapter.save_peft_adapter`); and the
+    run's tokenizer as tokenizer.model and README.md. Raises KeyError for an unknown task, FileExistsError
+    when ``out`` is not empty.
     """
+    return export_tasks(run_dir, [task], out, step, peft=peft, one_folder=True)[0]
+
+
+def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: str | os.PathLike,
+                 step: int | None = None, *, peft: bool = False, one_folder: bool = False) -> list[Path]:
+    """`export_task` for each of ``tasks`` into out/<task name> (the model is loaded once); with
+    ``one_folder`` the single task goes into ``out`` itself."""
     run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
-    resolved = get_task(task)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists and is not empty; choose another --out")
-    model, config, step = rundir.load_model(run_dir, step)
-    save_hf(model, out, task=resolved.name)
+    resolved = [get_task(t) for t in tasks]
+    targets = [out] if one_folder else [out / t.name for t in resolved]
+    for target in targets:
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"{target} already exists and is not empty; choose another --out")
     tokenizer = rundir.read_run_info(run_dir).get("tokenizer")
     if not tokenizer or not Path(tokenizer).is_file():
         raise FileNotFoundError(f"{run_dir}: run.json names tokenizer {tokenizer!r}, which is not a file")
-    shutil.copyfile(tokenizer, out / TOKENIZER)
-    dtype = str(model.embed[...].dtype)
-    (out / README).write_text(readme_text(resolved, run_dir, step, config.name, dtype), encoding="utf-8")
-    return out
+    model, config, step = rundir.load_model(run_dir, step)
+    base = rundir.checked_base(run_dir)
+    for task, target in zip(resolved, targets):
+        if peft:
+            peft_adapter.save_peft_adapter(model, task, target, str(base))
+            rank = jsonio.read_json(target / peft_adapter.CONFIG_FILE)["r"]
+            text = peft_readme_text(task, run_dir, step, config.name, base, rank)
+        else:
+            save_hf(model, target, task=task.name)
+            text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype))
+        shutil.copyfile(tokenizer, target / TOKENIZER)
+        (target / README).write_text(text, encoding="utf-8")
+    return targets
 
 
 def _known_task(task: str) -> bool:
@@ -144,11 +198,18 @@ def _known_task(task: str) -> bool:
 FLAGS = flags.FlagValues()
 _RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
 _TASK = flags.DEFINE_string("task", None, f"task name or short name: {', '.join(t.name for t in TASKS)}",
-                            required=True, flag_values=FLAGS)
+                            flag_values=FLAGS)
+_ALL_TASKS = flags.DEFINE_bool("all_tasks", False, "export every task, one folder each under --out",
+                               flag_values=FLAGS)
+_PEFT = flags.DEFINE_bool("peft", False, "write PEFT LoRA adapters over the run's base instead of folded checkpoints",
+                          flag_values=FLAGS)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=FLAGS)
 _OUT = flags.DEFINE_string("out", None, "output directory (must not exist or be empty)", required=True,
                            flag_values=FLAGS)
-flags.register_validator("task", _known_task, flag_values=FLAGS)
+flags.register_validator("task", lambda task: task is None or _known_task(task), flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ["task", "all_tasks"], lambda f: (f["task"] is None) == bool(f["all_tasks"]),
+    message="give exactly one of --task NAME and --all_tasks", flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,8 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.parse(FLAGS, argv, __doc__)
 
     def export() -> str:
-        out = export_task(_RUN.value, _TASK.value, _OUT.value, step=_STEP.value)
-        return f"exported {get_task(_TASK.value).name} of {_RUN.value} to {out}"
+        kind = "PEFT adapter" if _PEFT.value else "folded checkpoint"
+        if _ALL_TASKS.value:
+            outs = export_tasks(_RUN.value, [t.name for t in TASKS], _OUT.value, step=_STEP.value, peft=_PEFT.value)
+            return f"exported {len(outs)} tasks of {_RUN.value} ({kind} each) under {_OUT.value}"
+        out = export_task(_RUN.value, _TASK.value, _OUT.value, step=_STEP.value, peft=_PEFT.value)
+        return f"exported {get_task(_TASK.value).name} of {_RUN.value} ({kind}) to {out}"
 
     return cli.attempt(export, FileNotFoundError, FileExistsError)
 

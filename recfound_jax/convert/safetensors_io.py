@@ -120,10 +120,12 @@ def write_checkpoint(
     tensors: Iterable[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]],
     *,
     max_shard_bytes: int = 4 * 2**30,
+    single_file: str = SINGLE_FILE,
 ) -> list[Path]:
     """Write tensors given lazily as (name, shape, dtype, produce) into shards of at most max_shard_bytes.
 
-    One file is named model.safetensors; several are model-0000i-of-0000n.safetensors plus the index.
+    One file is named ``single_file`` (model.safetensors); several are model-0000i-of-0000n.safetensors plus
+    the index.
     Each tensor is produced only when it is written, so memory holds one tensor at a time.
     """
     directory = Path(directory)
@@ -137,7 +139,7 @@ def write_checkpoint(
             size = 0
         shards[-1].append((name, tuple(shape), np.dtype(dtype), produce))
         size += nbytes
-    names = ([SINGLE_FILE] if len(shards) == 1 else
+    names = ([single_file] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     weight_map, total = {}, 0
     for file_name, shard in zip(names, shards):
