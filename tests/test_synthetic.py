@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -106,6 +107,18 @@ def test_ensure_dataset_reuses_marker_and_refuses_mismatch(data_dir, tmp_path):
     with pytest.raises(FileExistsError):
         syn.ensure_dataset(tmp_path / "partial")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+
+def test_a_dataset_of_another_generator_version_is_replaced(data_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(data_dir, old)
+    (old / syn.MARKER).write_text("0\n")  # as an earlier generator wrote it
+    (old / "train" / "Product_Matching.jsonl").write_text("stale\n")
+    syn.ensure_dataset(old, scale=1, seed=0)
+    assert (old / syn.MARKER).read_text().strip() == syn.GENERATOR_VERSION
+    assert (old / "train" / "Product_Matching.jsonl").read_bytes() == (
+        data_dir / "train" / "Product_Matching.jsonl").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # nothing left aside
 
 
 def test_token_lengths_stay_small(data_dir):

@@ -60,10 +60,10 @@ def model_config(config: ConfigDict) -> MistralConfig:
 
 
 def config_hash(config: ConfigDict) -> str:
-    """A short hash of everything that decides the trained weights (model, data, train, instruct) and the
-    recipe version."""
+    """A short hash of everything that decides the trained weights (model, data, train, instruct), the
+    recipe version and the synthetic data's generator version."""
     keyed = {"version": PRETRAIN_VERSION, "model": config.model.to_dict(), "data": config.data.to_dict(),
-             "train": config.train.to_dict()}
+             "train": config.train.to_dict(), "generator_version": synthetic.GENERATOR_VERSION}
     if instruct_enabled(config):
         keyed["instruct"] = config.instruct.to_dict()
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -566,13 +567,26 @@ def _check_existing(out: Path, scale: int, seed: int) -> dict:
     return manifest
 
 
+def _remove_outdated(out: Path) -> None:
+    """Delete a dataset an older generator wrote: renamed aside first, so no reader sees it half deleted."""
+    aside = out.with_name(f".{out.name}.outdated-{os.getpid()}")
+    try:
+        os.rename(out, aside)
+    except FileNotFoundError:
+        return  # another process removed it first
+    shutil.rmtree(aside)
+
+
 def ensure_dataset(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> dict:
     """The manifest of the dataset in ``out_dir``, generating it first unless its marker is there.
 
-    Generation goes to a temporary folder beside ``out_dir`` that is renamed into place, so a reader never
-    sees half a dataset and concurrent callers agree on one copy.
+    A dataset written by another generator version is replaced. Generation goes to a temporary folder
+    beside ``out_dir`` that is renamed into place, so a reader never sees half a dataset and concurrent
+    callers agree on one copy.
     """
     out = Path(out_dir)
+    if (out / MARKER).is_file() and (out / MARKER).read_text(encoding="utf-8").strip() != GENERATOR_VERSION:
+        _remove_outdated(out)
     if (out / MARKER).is_file():
         return _check_existing(out, scale, seed)
     build_dir_atomically(out, lambda tmp: generate(tmp, scale=scale, seed=seed), marker=MARKER)
