@@ -7,13 +7,13 @@ from mistral_common.protocol.instruct.messages import UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from recfound_jax.data import formatting
+from recfound_jax.data import formatting, instructions
 from recfound_jax.data.prompt_formats import prompt_ids
 from recfound_jax.demo import synthetic, vocabulary
 from recfound_jax.tokenizer import Tokenizer
 
 PROMPTS = [
-    synthetic.alpaca("Given the user's review, identify the user's sentiment from the listed options.",
+    instructions.alpaca("Given the user's review, identify the user's sentiment from the listed options.",
                      "Great kettle. Highly recommend!", synthetic.SA_OPTIONS),
     "Is this answerable? Output only yes or no.\n\n### Response:",
 ]

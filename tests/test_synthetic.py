@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfound_jax.data import records
+from recfound_jax.data import instructions, records
 from recfound_jax.demo import synthetic as syn
 from recfound_jax.demo import synthetic_world as sw
 from recfound_jax.evaluate import chance
@@ -68,7 +68,7 @@ def _check_row(row: dict, task_name: str, split: str) -> None:
     else:
         assert set(row) == {"text", "task"}
         prompt, answer = row["text"]
-        assert prompt.startswith(syn.SYSTEM_PROMPT + "\n\n### Instruction:\n")
+        assert prompt.startswith(instructions.SYSTEM_PROMPT + "\n\n### Instruction:\n")
         assert prompt.endswith("\n\n### Response:") and answer.strip()
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from recfound_jax.data import formatting
-from recfound_jax.demo import synthetic, vocabulary
+from recfound_jax.data import formatting, instructions
+from recfound_jax.demo import vocabulary
 from recfound_jax.tokenizer import Tokenizer
 
 TEXTS = [
     "Acme red steel kettle. Category: Kitchen. Price: 24 dollars.",
     "Borealis green cotton shirt, size medium, made by Borealis.",
-    synthetic.alpaca("Is the product a kettle?", "Acme red steel kettle.", ["yes", "no"]) + "\nyes",
+    instructions.alpaca("Is the product a kettle?", "Acme red steel kettle.", ["yes", "no"]) + "\nyes",
     "<|user|>\nRetrieve the item the user buys next.\n<|embed|>\nAcme kettle",
 ] * 40
 
