@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from recfound_jax.tasks import BY_SHORT
+
+Row = dict
+
 SYSTEM_PROMPT = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.")
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
@@ -108,3 +114,26 @@ def alpaca(instruction: str, input_text: str | None = None, options: Sequence[st
         parts.append("### Options:\n" + "\n".join(f"{LETTERS[i]}: {o}" for i, o in enumerate(options)))
     parts.append("### Response:")
     return "\n\n".join(parts)
+
+
+def ordinal(i: int) -> str:
+    """1st, 2nd, 3rd, 4th ... (the SR history's line labels)."""
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
+
+
+def generative_row(short: str, prompt: str, answer: str) -> Row:
+    """A generative row of the released layout: ``{"text": [prompt, answer], "task"}``."""
+    return {"text": [prompt, answer], "task": BY_SHORT[short].name}
+
+
+def embedding_row(short: str, split: str, rng: np.random.Generator, query: str,
+                  pos: Sequence[str], neg: Sequence[str], source: str) -> Row:
+    """An embedding row of the released layout: the query and each passage with one of the task's
+    instructions drawn from ``rng``; valid and test rows carry their ``source`` (sub-dataset)."""
+    passage = lambda text: [str(rng.choice(PASSAGE_INSTRUCTIONS[short])), text]
+    row: Row = {"query": [str(rng.choice(INSTRUCTIONS[short])), query],
+                "pos": [passage(p) for p in pos], "neg": [passage(n) for n in neg],
+                "task": BY_SHORT[short].name}
+    if split != "train":
+        row["source"] = source
+    return row

@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 
 from recfound_jax import cli, jsonio, recipes
 from recfound_jax import config as config_lib
+from recfound_jax.atomic_dir import build_dir_atomically
 from recfound_jax.convert.hf import save_hf
 from recfound_jax.data import formatting
 from recfound_jax.demo import instruct, synthetic, synthetic_world, vocabulary
 from recfound_jax.model.mistral import BaseParam, Mistral, MistralConfig
-from recfound_jax.runs.atomic_dir import build_dir_atomically
 from recfound_jax.tasks import BY_SHORT, GENERATIVE_TASKS
 from recfound_jax.tokenizer import Tokenizer, default_tokenizer_path
 

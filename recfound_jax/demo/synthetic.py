@@ -23,11 +23,11 @@ import numpy as np
 from absl import flags
 
 from recfound_jax import cli, jsonio
+from recfound_jax.atomic_dir import build_dir_atomically
 from recfound_jax.data.formatting import input_text
-from recfound_jax.data.instructions import INSTRUCTIONS, LETTERS, PASSAGE_INSTRUCTIONS, alpaca
+from recfound_jax.data.instructions import INSTRUCTIONS, LETTERS, alpaca, embedding_row, generative_row, ordinal
 from recfound_jax.demo import synthetic_world as sw
 from recfound_jax.evaluate.chance import chance_levels
-from recfound_jax.runs.atomic_dir import build_dir_atomically
 from recfound_jax.tasks import BY_SHORT, TASKS
 from recfound_jax.tokenizer import Tokenizer
 
@@ -57,21 +57,6 @@ AG_ANSWERS = {"color": "The {noun} is {value}.", "material": "It is made of {val
 
 Row = dict
 Writer = Callable[[sw.World, str, int, np.random.Generator], list[Row]]
-
-
-def _gen_row(short: str, prompt: str, answer: str) -> Row:
-    return {"text": [prompt, answer], "task": BY_SHORT[short].name}
-
-
-def _emb_row(short: str, split: str, rng: np.random.Generator, query: str,
-             pos: Sequence[str], neg: Sequence[str], source: str) -> Row:
-    passage = lambda text: [str(rng.choice(PASSAGE_INSTRUCTIONS[short])), text]
-    row: Row = {"query": [str(rng.choice(INSTRUCTIONS[short])), query],
-                "pos": [passage(p) for p in pos], "neg": [passage(n) for n in neg],
-                "task": BY_SHORT[short].name}
-    if split != "train":
-        row["source"] = source
-    return row
 
 
 def _num_negatives(short: str, split: str) -> int:
@@ -114,7 +99,7 @@ def write_u2i(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
         history = user.purchases[max(0, t - U2I_HISTORY):t][::-1]
         pool = [it for it in world.items_of_source(target.source) if it not in user.purchases]
         negs = _sample(pool, _num_negatives("U2I", split), rng)
-        rows.append(_emb_row("U2I", split, rng, "\n".join(it.title for it in history), [target.title],
+        rows.append(embedding_row("U2I", split, rng, "\n".join(it.title for it in history), [target.title],
                              [it.title for it in negs], target.source))
     return rows
 
@@ -144,7 +129,7 @@ def write_q2i(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
         k = _num_negatives("Q2I", split)
         negs = _sample(hard, min(len(hard), max(1, k // 3)), rng)
         negs += _sample([it for it in pool if it not in negs], k - len(negs), rng)
-        rows.append(_emb_row("Q2I", split, rng, query, [item.title], [it.title for it in negs], item.source))
+        rows.append(embedding_row("Q2I", split, rng, query, [item.title], [it.title for it in negs], item.source))
     return rows
 
 
@@ -165,7 +150,7 @@ def write_i2i(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
         negs = _sample(shelf, (k + 1) // 2, rng)
         others = [it for it in world.items_of_source(item.source) if it.category != item.category]
         negs += _sample(others, k - len(negs), rng)
-        rows.append(_emb_row("I2I", split, rng, _i2i_text(item), [_i2i_text(it) for it in pos],
+        rows.append(embedding_row("I2I", split, rng, _i2i_text(item), [_i2i_text(it) for it in pos],
                              [_i2i_text(it) for it in negs], item.source))
     return rows
 
@@ -194,12 +179,8 @@ def write_qr(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         color = str(rng.choice([c for c in sw.COLORS if c != referent.color]))
         lines.append("A: " + query.format(p=pronoun, color=color))
         answer = query.format(p=f"the {referent.title}", color=color)
-        rows.append(_gen_row("QR", alpaca(str(rng.choice(INSTRUCTIONS["QR"])), "\n".join(lines)), answer))
+        rows.append(generative_row("QR", alpaca(str(rng.choice(INSTRUCTIONS["QR"])), "\n".join(lines)), answer))
     return rows
-
-
-def _ordinal(i: int) -> str:
-    return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
 
 
 def write_sr(world: sw.World, split: str, n: int, rng: np.random.Generator) -> list[Row]:
@@ -216,9 +197,9 @@ def write_sr(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         negs = _sample(hard, 1, rng)
         negs += _sample(far, SR_OPTIONS - 1 - len(negs), rng)
         options = _sample([target] + negs, SR_OPTIONS, rng)
-        input_text = "\n".join(f"{_ordinal(i + 1)}: {it.title}" for i, it in enumerate(history))
+        input_text = "\n".join(f"{ordinal(i + 1)}: {it.title}" for i, it in enumerate(history))
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["SR"])), input_text, [it.title for it in options])
-        rows.append(_gen_row("SR", prompt, LETTERS[options.index(target)]))
+        rows.append(generative_row("SR", prompt, LETTERS[options.index(target)]))
     return rows
 
 
@@ -235,7 +216,7 @@ def write_prp(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
         first, second = (a, b) if rng.uniform() < 0.5 else (b, a)
         input_text = f"Product 1: {first.title}\nProduct 2: {second.title}"
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["PRP"])), input_text, PRP_OPTIONS)
-        rows.append(_gen_row("PRP", prompt, _PRP_LETTER[kind]))
+        rows.append(generative_row("PRP", prompt, _PRP_LETTER[kind]))
     return rows
 
 
@@ -249,7 +230,7 @@ def write_sa(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
     for item, rating in _take(_rated_purchases(world, split), n, rng):
         review = sw.review_text(item, rating, rng, with_fact=bool(rng.uniform() < 0.5))
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["SA"])), review, SA_OPTIONS)
-        rows.append(_gen_row("SA", prompt, LETTERS[5 - rating]))
+        rows.append(generative_row("SA", prompt, LETTERS[5 - rating]))
     return rows
 
 
@@ -277,7 +258,7 @@ def write_ave(world: sw.World, split: str, n: int, rng: np.random.Generator) -> 
                   for a in targets for s in ("title", "description") if place[a] in (s, "both")]
         input_text = (f"Product title: {title}\nProduct description: {' '.join(desc)}\n"
                       f"Product brand: {item.brand}\nTarget attributes: {', '.join(targets)}")
-        rows.append(_gen_row("AVE", alpaca(str(rng.choice(INSTRUCTIONS["AVE"])), input_text), json.dumps(answer)))
+        rows.append(generative_row("AVE", alpaca(str(rng.choice(INSTRUCTIONS["AVE"])), input_text), json.dumps(answer)))
     return rows
 
 
@@ -298,7 +279,7 @@ def write_pm(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         b = a if same else _sample([it for it in world.items_where(category=a.category, noun=a.noun)
                                     if it != a], 1, rng)[0]
         input_text = f"Product 1: {_listing(a, rng, 0.0)}\nProduct 2: {_listing(b, rng, 0.05)}"
-        rows.append(_gen_row("PM", alpaca(str(rng.choice(INSTRUCTIONS["PM"])), input_text), "yes" if same else "no"))
+        rows.append(generative_row("PM", alpaca(str(rng.choice(INSTRUCTIONS["PM"])), input_text), "yes" if same else "no"))
     return rows
 
 
@@ -331,7 +312,7 @@ def write_ap(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         answerable = i % 2 == 0
         question, doc, _ = _qa_case(item, answerable, rng)
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["AP"])), f"question: {question}\ndocument: {doc}")
-        rows.append(_gen_row("AP", prompt, "yes" if answerable else "no"))
+        rows.append(generative_row("AP", prompt, "yes" if answerable else "no"))
     return rows
 
 
@@ -343,7 +324,7 @@ def write_ag(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         answer = AG_ANSWERS[asked].format(noun=item.noun, value=getattr(item, asked) if asked != "price"
                                           else item.price_text)
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["AG"])), f"Question: {question}\nDocument: {doc}")
-        rows.append(_gen_row("AG", prompt, answer))
+        rows.append(generative_row("AG", prompt, answer))
     return rows
 
 
@@ -375,7 +356,7 @@ def write_up(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
         items, ratings = user.purchases[lo:t + 1], user.ratings[lo:t + 1]
         history = "; ".join(f"{it.title}: {sw.stars(r)}" for it, r in zip(items, ratings))
         prompt = alpaca(str(rng.choice(INSTRUCTIONS["UP"])).format(history=history))
-        rows.append(_gen_row("UP", prompt, user_profile_answer(items, ratings)))
+        rows.append(generative_row("UP", prompt, user_profile_answer(items, ratings)))
     return rows
 
 
@@ -390,7 +371,7 @@ def write_ip(world: sw.World, split: str, n: int, rng: np.random.Generator) -> l
     rows = []
     for item in _take(world.item_split[split], n, rng):
         instruction = str(rng.choice(INSTRUCTIONS["IP"])).format(title=item.title, source=item.source)
-        rows.append(_gen_row("IP", alpaca(instruction), item_profile_answer(item)))
+        rows.append(generative_row("IP", alpaca(instruction), item_profile_answer(item)))
     return rows
 
 
