@@ -408,12 +408,6 @@ def extra_train_rows(world: sw.World, short: str, n: int, seed: int,
     return [row for row in rows if input_text(row["text"][0]) not in exclude_inputs]
 
 
-def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
 def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> dict:
     """Write the dataset, chance.json, corpus.txt, manifest.json and the marker into ``out_dir``.
 
@@ -425,7 +419,7 @@ def generate(out_dir: str | os.PathLike, *, scale: int = 1, seed: int = 0) -> di
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
         for name, task_rows in rows[split].items():
-            _write_jsonl(out / split / f"{name}.jsonl", task_rows)
+            jsonio.write_jsonl(out / split / f"{name}.jsonl", task_rows)
     jsonio.write_json(out / "chance.json", chance_levels(rows, seed))
     corpus = sw.world_corpus(world, seed)
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
