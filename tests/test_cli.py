@@ -27,6 +27,8 @@ COMMANDS = {
     "recfound_jax.convert.released": "recfound_jax.convert.released",
     "recfound_jax.demo.pretrain": "recfound_jax.demo.pretrain",
     "recfound_jax.demo.synthetic": "recfound_jax.demo.synthetic",
+    "recfound_jax.demo.recbole_export": "recfound_jax.demo.recbole_export",
+    "recfound_jax.data.from_logs": "recfound_jax.data.from_logs",
 }
 
 
