@@ -21,8 +21,10 @@ import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 
-from recfound_jax.data import prompt_formats
+from recfound_jax import jsonio
+from recfound_jax.data import formatting, prompt_formats
 from recfound_jax.data.formatting import Formatter
+from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import JsonTokenizer, Tokenizer, default_tokenizer_path, load_tokenizer
 from recfound_jax.tokenizer_json import special_token_ids
 
@@ -186,12 +188,17 @@ def test_special_ids_come_from_the_checkpoint(tmp_path, both):
         load_tokenizer(_write_checkpoint_tokenizer(tmp_path / "b", tok))
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's pre-tokenizer pattern
+
+
 @pytest.fixture(scope="module")
 def llama3_like(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer.json trained here on a few strings, with Llama-3-style special tokens."""
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -210,3 +217,47 @@ def test_a_byte_level_bpe_loads_round_trips_and_parses_no_special_tokens(llama3_
         assert not {bos, eos, js.piece_id("<|end_of_text|>")} & set(ids)
     assert js.encode("hi", add_bos=True, add_eos=True) == [bos, *js.encode("hi"), eos]
     assert js.decode([bos, *js.encode("hi"), eos], skip_special=False) == "<|begin_of_text|>hi<|eot_id|>"
+
+
+def test_the_formatter_refuses_a_byte_level_bpe(llama3_like):
+    with pytest.raises(ValueError, match="merges with the characters next to it"):
+        Formatter(load_tokenizer(llama3_like))
+
+
+def test_which_file_a_checkpoint_folder_uses(tmp_path, v3_dir):
+    assert isinstance(load_tokenizer(v3_dir), JsonTokenizer)
+    assert rundir.tokenizer_path(v3_dir) == v3_dir / "tokenizer.json"
+    both_files = tmp_path / "both"
+    both_files.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (both_files / name).write_bytes((v3_dir / name).read_bytes())
+    (both_files / "tokenizer.model").write_bytes(default_tokenizer_path().read_bytes())
+    assert isinstance(load_tokenizer(both_files), Tokenizer)
+    assert rundir.tokenizer_path(both_files) == both_files / "tokenizer.model"
+    with pytest.raises(ValueError, match="open it with load_tokenizer"):
+        Tokenizer(v3_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model or tokenizer.json"):
+        load_tokenizer(tmp_path / "empty")
+
+
+def test_a_run_on_a_tokenizer_json_base_records_and_reloads_it(tmp_path, v3_dir):
+    """run.json names the tokenizer.json; `rundir.load_tokenizer` reopens it with the base's special ids, and the
+    tokenized tables equal the SentencePiece path's."""
+    data = tmp_path / "data"
+    for split in ("train", "valid"):
+        (data / split).mkdir(parents=True)
+        rows = [{"text": ["Rate: nice\n\n### Response:", "E"], "task": "Sentiment_Analysis"},
+                {"text": [ALPACA, "A. Red shirt"], "task": "Sequential_Recommendation"}]
+        (data / split / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kwargs = dict(query_max_len=16, passage_max_len=32, generative_max_len=64)
+    path = rundir.tokenizer_path(v3_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    jsonio.write_json(run / rundir.RUN_FILE, {"base": str(v3_dir), "tokenizer": str(path)})
+    reloaded = rundir.load_tokenizer(run)
+    assert isinstance(reloaded, JsonTokenizer) and reloaded.path == path and reloaded.bos_id == 1
+    ours = formatting.tokenize_split(data, "train", Tokenizer(), cache_dir=tmp_path / "cache", **kwargs)
+    theirs = formatting.tokenize_split(data, "train", reloaded, cache_dir=tmp_path / "cache", **kwargs)
+    assert theirs.generative.seqs.data.tolist() == ours.generative.seqs.data.tolist()
+    assert len(list((tmp_path / "cache").glob("train-*.npz"))) == 2  # the tokenizer file is in the cache key
