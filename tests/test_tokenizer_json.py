@@ -22,9 +22,11 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 
 from recfound_jax import jsonio
+from recfound_jax.convert import export
 from recfound_jax.data import formatting, prompt_formats
 from recfound_jax.data.formatting import Formatter
 from recfound_jax.runs import rundir
+from recfound_jax.tasks import get_task
 from recfound_jax.tokenizer import JsonTokenizer, Tokenizer, default_tokenizer_path, load_tokenizer
 from recfound_jax.tokenizer_json import special_token_ids
 
@@ -261,3 +263,17 @@ def test_a_run_on_a_tokenizer_json_base_records_and_reloads_it(tmp_path, v3_dir)
     theirs = formatting.tokenize_split(data, "train", reloaded, cache_dir=tmp_path / "cache", **kwargs)
     assert theirs.generative.seqs.data.tolist() == ours.generative.seqs.data.tolist()
     assert len(list((tmp_path / "cache").glob("train-*.npz"))) == 2  # the tokenizer file is in the cache key
+
+
+def test_an_export_carries_the_tokenizer_json_and_its_special_ids(tmp_path, v3_dir, both):
+    folded, sentencepiece = tmp_path / "json", tmp_path / "spm"
+    folded.mkdir()
+    sentencepiece.mkdir()
+    export.copy_tokenizer(v3_dir / "tokenizer.json", folded)
+    export.copy_tokenizer(default_tokenizer_path(), sentencepiece)
+    assert sorted(p.name for p in folded.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert [p.name for p in sentencepiece.iterdir()] == ["tokenizer.model"]
+    again = load_tokenizer(folded)
+    assert (again.bos_id, again.eos_id, again.pad_id) == (1, 2, 0) and again.encode(ALPACA) == both[0].encode(ALPACA)
+    readme = export.readme_text(get_task("Emb_user"), tmp_path, 1, "c", "float32", "tokenizer.json")
+    assert "tokenizer.json (HF tokenizers" in readme and "matching no added token" in readme
