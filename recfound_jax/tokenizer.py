@@ -1,9 +1,20 @@
-"""A small SentencePiece wrapper for the Mistral v3 tokenizer.
+"""The project's tokenizers: the Mistral v3 SentencePiece wrapper, and which tokenizer file is used when.
 
-Default file: the v3 SentencePiece model that ships inside the ``mistral-common`` package, the same
-file as Mistral-7B-Instruct-v0.3's ``tokenizer.model``. A checkpoint directory with its own
-``tokenizer.model`` takes precedence when given. Text is never parsed for special tokens: BOS/EOS are
-added as ids, so ``<|user|>`` or ``<|embed|>`` in text are plain characters, as GritLM trains them.
+Which file (`resolve_tokenizer_path`, `load_tokenizer`):
+
+- no path: the v3 SentencePiece model that ships inside the ``mistral-common`` package, the same file
+  as Mistral-7B-Instruct-v0.3's ``tokenizer.model``;
+- a checkpoint directory: its ``tokenizer.model`` (SentencePiece, `Tokenizer`), else its
+  ``tokenizer.json`` (HF `tokenizers`, `recfound_jax.tokenizer_json.JsonTokenizer`, with the
+  checkpoint's BOS/EOS/pad ids from the files next to it). A directory with both (a real
+  Mistral-7B-Instruct-v0.3 snapshot ships both) uses ``tokenizer.model``: runs made before tokenizer.json
+  was read keep their tokenizer file, token caches and ids, and the SentencePiece file is the one checked
+  against mistral-common (tests/test_tokenizer.py checks that a faithful tokenizer.json of it gives the
+  same ids on the project's formats);
+- a file: that file, by its name (``*.json`` is a tokenizer.json, anything else SentencePiece).
+
+Text is never parsed for special tokens on either path: BOS/EOS are added as ids, so ``<|user|>`` or
+``<|embed|>`` in text are plain characters, as GritLM trains them.
 """
 from __future__ import annotations
 
@@ -11,9 +22,13 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import sentencepiece as spm
 
+from recfound_jax.tokenizer_json import TOKENIZER_FILE, JsonTokenizer
+
+SENTENCEPIECE_FILE = "tokenizer.model"
 _V3_FILE = "mistral_instruct_tokenizer_240323.model.v3"
 
 
@@ -28,19 +43,58 @@ def default_tokenizer_path() -> Path:
     return path
 
 
+class TextTokenizer(Protocol):
+    """What the data, training and inference code needs of a tokenizer (`Tokenizer`, `JsonTokenizer`)."""
+
+    path: Path
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def piece_id(self, piece: str) -> int | None: ...
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+
+    def encode_batch(
+        self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False, num_threads: int = -1
+    ) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str: ...
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, skip_special: bool = True) -> list[str]: ...
+
+    def id_to_piece(self, token_id: int) -> str: ...
+
+
 def resolve_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
-    """A tokenizer file: ``path`` itself, ``path/tokenizer.model``, or the default v3 file."""
+    """A tokenizer file: ``path`` itself, ``path/tokenizer.model``, else ``path/tokenizer.json``, or (no path)
+    the default v3 file."""
     if path is None:
         return default_tokenizer_path()
     path = Path(path)
     if path.is_dir():
-        candidate = path / "tokenizer.model"
-        if not candidate.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.model in this directory")
-        return candidate
+        for name in (SENTENCEPIECE_FILE, TOKENIZER_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: no {SENTENCEPIECE_FILE} or {TOKENIZER_FILE} in this directory")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     return path
+
+
+def is_tokenizer_json(path: Path) -> bool:
+    """Whether a tokenizer file is a HF tokenizer.json (by its name), not a SentencePiece model."""
+    return path.name.endswith(".json")
+
+
+def load_tokenizer(path: str | os.PathLike | None = None) -> TextTokenizer:
+    """The tokenizer of ``path`` (a file, a checkpoint directory, or None for the default v3 file): a
+    SentencePiece `Tokenizer` or a `JsonTokenizer`, chosen as the module docstring says."""
+    resolved = resolve_tokenizer_path(path)
+    return JsonTokenizer(resolved) if is_tokenizer_json(resolved) else Tokenizer(resolved)
 
 
 class Tokenizer:
@@ -48,6 +102,8 @@ class Tokenizer:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = resolve_tokenizer_path(path)
+        if is_tokenizer_json(self.path):
+            raise ValueError(f"{self.path}: a tokenizer.json, not a SentencePiece model; open it with load_tokenizer")
         self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
         self.bos_id: int = self._sp.bos_id()
         self.eos_id: int = self._sp.eos_id()
@@ -56,6 +112,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of pieces."""
         return self._sp.get_piece_size()
 
     def piece_id(self, piece: str) -> int | None:
@@ -90,4 +147,5 @@ class Tokenizer:
         return [self.decode(ids, skip_special=skip_special) for ids in batch]
 
     def id_to_piece(self, token_id: int) -> str:
+        """The piece of an id."""
         return self._sp.id_to_piece(int(token_id))

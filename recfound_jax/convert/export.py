@@ -7,8 +7,10 @@ A task's gate is fixed, so its gated expert bank folds into one dense delta per 
 transformers' MistralForCausalLM loads. With ``--peft`` the bank becomes one LoRA instead
 (`convert.peft_adapter`): DIR gets adapter_config.json and adapter_model.safetensors that
 ``peft.PeftModel.from_pretrained(base, DIR)`` and multi-LoRA servers load over the run's base. Either way
-DIR also gets the run's tokenizer.model and a README.md naming the task, run and step and giving the exact
-prompt format (and, for embedding tasks, the pooling and the attention mask the model needs).
+DIR also gets the run's tokenizer (tokenizer.model; or tokenizer.json and the tokenizer_config.json and
+special_tokens_map.json beside it, when the run used its base's tokenizer.json) and a README.md naming the
+task, run and step and giving the exact prompt format (and, for embedding tasks, the pooling and the
+attention mask the model needs).
 ``--all_tasks`` writes one such folder per task, DIR/<task name>.
 """
 from __future__ import annotations
@@ -26,9 +28,42 @@ from recfound_jax.convert.hf import save_hf
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, Task, get_task
+from recfound_jax.tokenizer import is_tokenizer_json
+from recfound_jax.tokenizer_json import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_FILE
 
 README = "README.md"
 TOKENIZER = "tokenizer.model"
+
+
+def exported_tokenizer_name(tokenizer: Path) -> str:
+    """The name a run's tokenizer file gets in an export: tokenizer.json for a tokenizer.json, else tokenizer.model."""
+    return TOKENIZER_FILE if is_tokenizer_json(tokenizer) else TOKENIZER
+
+
+def copy_tokenizer(tokenizer: Path, target: Path) -> None:
+    """Copy a run's tokenizer file into ``target`` as `exported_tokenizer_name`; a tokenizer.json brings the
+    tokenizer_config.json and special_tokens_map.json beside it (where its BOS/EOS/pad ids come from)."""
+    shutil.copyfile(tokenizer, target / exported_tokenizer_name(tokenizer))
+    if is_tokenizer_json(tokenizer):
+        for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP):
+            if (tokenizer.parent / name).is_file():
+                shutil.copyfile(tokenizer.parent / name, target / name)
+
+
+def _tokenizer_files(tokenizer_file: str) -> str:
+    kind = "SentencePiece" if tokenizer_file == TOKENIZER else f"HF tokenizers, with {TOKENIZER_CONFIG}"
+    return f"{tokenizer_file} ({kind},\n  the run's tokenizer)"
+
+
+def _tokenizer_text(tokenizer_file: str) -> str:
+    if tokenizer_file == TOKENIZER:
+        return (f"Tokenize with SentencePiece (or mistral-common) on {TOKENIZER}; do not build a HF fast tokenizer "
+                "from the\n"
+                "file alone (transformers 5 makes a wrong vocabulary from `LlamaTokenizerFast(vocab_file=...)`).")
+    return f"""Tokenize with the `tokenizers` library on {TOKENIZER_FILE} (the run's base's own) with
+`add_special_tokens=False`, matching no added token in the text (training encoded the text with the
+file's `added_tokens` removed), and take BOS/EOS from {TOKENIZER_CONFIG}. The ids and "SentencePiece
+encoding" below are those of the Mistral v3 vocabulary; use this tokenizer's."""
 
 
 def _generative_section() -> str:
@@ -90,10 +125,12 @@ embedding = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
 """
 
 
-def readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, dtype: str) -> str:
+def readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, dtype: str,
+                tokenizer_file: str = TOKENIZER) -> str:
     """The README.md of a folded export: the task, where it came from, and how to feed the model."""
     kind = "embedding" if task.is_embedding else "generative"
     section = _embedding_section() if task.is_embedding else _generative_section()
+    files = _tokenizer_files(tokenizer_file)
     return f"""# RecFound task export: {task.name} ({task.short}, {kind})
 
 A plain Mistral checkpoint for one RecFound task: the task's mixture of LoRA experts (TMoLE) is folded
@@ -101,11 +138,9 @@ into the q, k, v and o weights of every layer (W0 + (alpha / r) * sum_j gate_j B
 gate), so it runs with no adapter code.
 
 {_provenance(task, run_dir, step, config_name)}- weights dtype: {dtype}
-- files: config.json and *.safetensors (transformers `MistralForCausalLM`), {TOKENIZER} (SentencePiece,
-  the run's tokenizer), this README
+- files: config.json and *.safetensors (transformers `MistralForCausalLM`), {files}, this README
 
-Tokenize with SentencePiece (or mistral-common) on {TOKENIZER}; do not build a HF fast tokenizer from the
-file alone (transformers 5 makes a wrong vocabulary from `LlamaTokenizerFast(vocab_file=...)`).
+{_tokenizer_text(tokenizer_file)}
 
 {section}
 Other tasks need their own export: the gate, and so the folded weights, differ per task.
@@ -118,7 +153,8 @@ def _provenance(task: Task, run_dir: Path, step: int | None, config_name: str) -
             f"- run: `{run_dir}` (config name `{config_name}`)\n- step: {step}\n")
 
 
-def peft_readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, base: Path, rank: int) -> str:
+def peft_readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, base: Path, rank: int,
+                     tokenizer_file: str = TOKENIZER) -> str:
     """The README.md of a PEFT adapter export: the task, the base it adapts, serving, the input format."""
     section = _embedding_section() if task.is_embedding else _generative_section()
     return f"""# RecFound task adapter: {task.name} ({task.short}) as a PEFT LoRA
@@ -128,7 +164,7 @@ experts the task routes to, stacked, with the task's gates and alpha / r folded 
 (lora_alpha = r, so PEFT's scale is 1). Every task of the run is such an adapter over the same base.
 
 {_provenance(task, run_dir, step, config_name)}- base model: `{base}` (the run's base, `base_model_name_or_path`)
-- files: {peft_adapter.CONFIG_FILE}, {peft_adapter.WEIGHTS_FILE} (float32), {TOKENIZER}, this README
+- files: {peft_adapter.CONFIG_FILE}, {peft_adapter.WEIGHTS_FILE} (float32), {tokenizer_file}, this README
 
 ```python
 import peft, transformers
@@ -153,7 +189,7 @@ def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathL
 
     ``out`` gets HF config.json + safetensors with the task folded in (`save_hf(model, out, task=...)`), or
     with ``peft`` the task's PEFT LoRA adapter over the run's base (`peft_adapter.save_peft_adapter`); and the
-    run's tokenizer as tokenizer.model and README.md. Raises KeyError for an unknown task, FileExistsError
+    run's tokenizer (`copy_tokenizer`) and README.md. Raises KeyError for an unknown task, FileExistsError
     when ``out`` is not empty.
     """
     return export_tasks(run_dir, [task], out, step, peft=peft, one_folder=True)[0]
@@ -174,15 +210,16 @@ def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: st
         raise FileNotFoundError(f"{run_dir}: run.json names tokenizer {tokenizer!r}, which is not a file")
     model, config, step = rundir.load_model(run_dir, step)
     base = rundir.checked_base(run_dir)
+    tokenizer_file = exported_tokenizer_name(Path(tokenizer))
     for task, target in zip(resolved, targets):
         if peft:
             peft_adapter.save_peft_adapter(model, task, target, str(base))
             rank = jsonio.read_json(target / peft_adapter.CONFIG_FILE)["r"]
-            text = peft_readme_text(task, run_dir, step, config.name, base, rank)
+            text = peft_readme_text(task, run_dir, step, config.name, base, rank, tokenizer_file)
         else:
             save_hf(model, target, task=task.name)
-            text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype))
-        shutil.copyfile(tokenizer, target / TOKENIZER)
+            text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype), tokenizer_file)
+        copy_tokenizer(Path(tokenizer), target)
         (target / README).write_text(text, encoding="utf-8")
     return targets
 

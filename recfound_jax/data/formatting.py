@@ -20,6 +20,9 @@ In the Mistral SentencePiece model a newline is a byte-fallback token that no me
 tokens of the whole formatted string, and the prefix length is exact. The one place that is not a
 whole-string encoding is the text after an EOS id (``\\n<|user|>\\n`` of a later turn), which is
 encoded as if it followed a newline too (no lone word-boundary piece before the newline).
+The same holds for a tokenizer.json converted from such a model (tests/test_tokenizer_json.py). A
+byte-level BPE tokenizer (Llama 3, Qwen2.5) merges a newline with the characters before it ("|>\\n"), so
+`Formatter` refuses it instead of producing ids that differ from the whole string's.
 
 Truncation (counted in :class:`TruncationStats`):
 
@@ -52,7 +55,7 @@ import numpy as np
 
 from recfound_jax.data import records as records_lib
 from recfound_jax.tasks import get_task
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.tokenizer import TextTokenizer, is_tokenizer_json
 
 INSTRUCTION_STRIP = "\t\n :"
 USER = "<|user|>"
@@ -94,7 +97,7 @@ class TruncationStats:
 class Formatter:
     """Builds GritLM-format token ids from (instruction, text) pairs and (prompt, answer) turns."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: TextTokenizer):
         self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_id
         self.eos_id = tokenizer.eos_id
@@ -104,6 +107,12 @@ class Formatter:
         if tokenizer.encode("\nx")[: self._skip] != newline:
             raise ValueError(f"{tokenizer.path}: '\\n' does not tokenize as a prefix-stable byte")
         nl = [self.newline_id]
+        # A byte-level BPE (Llama 3's, Qwen's) merges "|>\n" into one token: the markers encoded on their own
+        # would then not be the whole string's tokens, so refuse it rather than train on other ids.
+        if tokenizer.encode(USER + "\n") != tokenizer.encode(USER) + nl:
+            raise ValueError(f"{tokenizer.path}: '\\n' merges with the characters next to it, so the GritLM formats "
+                             "cannot be tokenized piece by piece (a SentencePiece-style tokenizer with byte fallback "
+                             "is needed)")
         self.user_first = tokenizer.encode(USER) + nl  # "<|user|>\n" right after BOS
         self.user_next = nl + self.encode_after_newline([USER])[0] + nl  # "\n<|user|>\n" after an EOS
         self.embed_after_instruction = nl + self.encode_after_newline([EMBED])[0] + nl  # "\n<|embed|>\n"
@@ -436,7 +445,7 @@ def _generative_table(fmt: Formatter, rows: Sequence[records_lib.GenerativeRecor
 
 def tokenize_records(
     records: Sequence[records_lib.Record],
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     *,
     query_max_len: int,
     passage_max_len: int,
@@ -468,11 +477,14 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(files: Iterable[Path], tokenizer: Tokenizer, settings: dict[str, Any]) -> str:
-    """A hash of the data files' bytes, the tokenizer file's bytes, the lengths and the load settings."""
+def cache_key(files: Iterable[Path], tokenizer: TextTokenizer, settings: dict[str, Any]) -> str:
+    """A hash of the data files' bytes, the tokenizer file's bytes, the lengths and the load settings (and
+    for a tokenizer.json its bos/eos/pad ids, which come from the files next to it)."""
     h = hashlib.sha256()
     h.update(json.dumps({"format_version": FORMAT_VERSION, **settings}, sort_keys=True).encode())
     h.update(_file_digest(Path(tokenizer.path)).encode())
+    if is_tokenizer_json(Path(tokenizer.path)):
+        h.update(f"special ids {tokenizer.bos_id} {tokenizer.eos_id} {tokenizer.pad_id}".encode())
     for path in files:
         h.update(path.name.encode() + b"\0" + _file_digest(path).encode())
     return h.hexdigest()[:24]
@@ -481,7 +493,7 @@ def cache_key(files: Iterable[Path], tokenizer: Tokenizer, settings: dict[str, A
 def tokenize_split(
     data_dir: str | Path,
     split: str,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     *,
     query_max_len: int,
     passage_max_len: int,
@@ -521,26 +533,26 @@ def tokenize_split(
 _FORMATTERS: dict[int, Formatter] = {}
 
 
-def _formatter(tokenizer: Tokenizer) -> Formatter:
+def _formatter(tokenizer: TextTokenizer) -> Formatter:
     fmt = _FORMATTERS.get(id(tokenizer))
     if fmt is None or fmt.tokenizer is not tokenizer:
         fmt = _FORMATTERS[id(tokenizer)] = Formatter(tokenizer)
     return fmt
 
 
-def format_embedding(tokenizer: Tokenizer, instruction: str, text: str, max_len: int | None = None,
+def format_embedding(tokenizer: TextTokenizer, instruction: str, text: str, max_len: int | None = None,
                      stats: TruncationStats | None = None) -> tuple[Ids, int]:
     """(ids, prefix_len) of one embedding input in GritLM's format."""
     return _formatter(tokenizer).format_embedding(instruction, text, max_len, stats)
 
 
-def format_generative(tokenizer: Tokenizer, turns: Sequence[tuple[str, str]], max_len: int | None = None,
+def format_generative(tokenizer: TextTokenizer, turns: Sequence[tuple[str, str]], max_len: int | None = None,
                       stats: TruncationStats | None = None) -> tuple[Ids, Ids]:
     """(ids, labels) of one conversation in GritLM's format."""
     return _formatter(tokenizer).format_generative(turns, max_len, stats)
 
 
-def format_generative_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_len: int | None = None,
+def format_generative_prompts(tokenizer: TextTokenizer, prompts: Sequence[str], max_len: int | None = None,
                               stats: TruncationStats | None = None) -> list[Ids]:
     """Ids of ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` for each prompt: the training format up to the answer.
 

@@ -6,21 +6,22 @@
   control tokens, as mistral-common encodes a one-message chat: the paper's zero-shot rows of
   Mistral-7B-Instruct-v0.3 (Appendix B.1, "w/o finetuning").
 
-Llama-3's and Qwen's chat formats need their models' own tokenizers, which recfound_jax does not load.
+Llama-3's and Qwen's chat formats are not written here: their tokenizer.json files load
+(`recfound_jax.tokenizer.load_tokenizer`), but the model is Mistral's.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from recfound_jax.data import formatting
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.tokenizer import TextTokenizer
 
 Ids = list[int]
 PROMPT_FORMATS = ("gritlm", "mistral-instruct")
 MISTRAL_INSTRUCT_MARKERS = ("[INST]", "[/INST]")
 
 
-def prompt_ids(tokenizer: Tokenizer, prompts: Sequence[str], prompt_format: str = "gritlm",
+def prompt_ids(tokenizer: TextTokenizer, prompts: Sequence[str], prompt_format: str = "gritlm",
                max_len: int | None = None) -> list[Ids]:
     """Model inputs of ``prompts`` in ``prompt_format`` (one of `PROMPT_FORMATS`), each cut in its middle
     to ``max_len`` tokens when longer."""
@@ -32,7 +33,7 @@ def prompt_ids(tokenizer: Tokenizer, prompts: Sequence[str], prompt_format: str 
     raise ValueError(f"prompt format {prompt_format!r} is not one of {PROMPT_FORMATS}")
 
 
-def _control_id(tokenizer: Tokenizer, piece: str) -> int:
+def _control_id(tokenizer: TextTokenizer, piece: str) -> int:
     token = tokenizer.piece_id(piece)
     if token is None:
         raise ValueError(f"the tokenizer {tokenizer.path} has no {piece} token: the mistral-instruct prompt format "

@@ -29,7 +29,7 @@ from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, Task, get_task
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.tokenizer import TextTokenizer
 
 ROLES = ("query", "passage")
 
@@ -48,7 +48,7 @@ def resolve_task(task: Task | str | int, kind: str | None = None) -> Task:
 class RecFound:
     """A RecFound model ready for inference: embedding, generation and routing, per task."""
 
-    def __init__(self, model: Mistral, config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
+    def __init__(self, model: Mistral, config: ml_collections.ConfigDict, tokenizer: TextTokenizer, *,
                  step: int | None = None, run_dir: str | os.PathLike | None = None, prompt_format: str = "gritlm"):
         if prompt_format not in prompt_formats.PROMPT_FORMATS:
             raise ValueError(f"prompt_format {prompt_format!r} is not one of {prompt_formats.PROMPT_FORMATS}")

@@ -15,20 +15,24 @@ from flax import nnx
 
 from recfound_jax import config as config_lib
 from recfound_jax import jsonio
+from recfound_jax import tokenizer as tokenizer_lib
 from recfound_jax.convert.hf import load_hf
 from recfound_jax.convert.hf import read_config as read_hf_config
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.runs import checkpoint
-from recfound_jax.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 
 
 def tokenizer_path(base: Path) -> Path | None:
-    """The base's own tokenizer.model, or None for the default v3 file."""
-    return base / "tokenizer.model" if (base / "tokenizer.model").is_file() else None
+    """The base's own tokenizer.model, else its tokenizer.json, or None for the default v3 file
+    (`recfound_jax.tokenizer` says why tokenizer.model wins)."""
+    for name in (tokenizer_lib.SENTENCEPIECE_FILE, tokenizer_lib.TOKENIZER_FILE):
+        if (base / name).is_file():
+            return base / name
+    return None
 
 
 def base_fingerprint(base: Path) -> str:
@@ -94,13 +98,17 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None, *, mesh=None
     return nnx.merge(graphdef, restored, rest), c, step
 
 
-def load_tokenizer(run_dir: str | os.PathLike) -> Tokenizer:
-    """The tokenizer a run was trained with (run.json), else its base's own, else the default v3 file."""
+def load_tokenizer(run_dir: str | os.PathLike) -> tokenizer_lib.TextTokenizer:
+    """The tokenizer a run was trained with (run.json), else its base's own, else the default v3 file.
+
+    A recorded tokenizer.json takes its BOS/EOS/pad ids from the files next to it (the base's
+    tokenizer_config.json and so on, `recfound_jax.tokenizer_json`).
+    """
     info = read_run_info(run_dir)
     path = info.get("tokenizer")
     if path and Path(path).is_file():
-        return Tokenizer(path)
-    return Tokenizer(tokenizer_path(Path(info["base"])))
+        return tokenizer_lib.load_tokenizer(path)
+    return tokenizer_lib.load_tokenizer(tokenizer_path(Path(info["base"])))
 
 
 def params_like(run_dir: str | os.PathLike) -> nnx.State:

@@ -13,7 +13,7 @@ from recfound_jax import recipes
 from recfound_jax.data import formatting, records
 from recfound_jax.demo import pretrain, synthetic
 from recfound_jax.runs import rundir
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.tokenizer import TextTokenizer, load_tokenizer
 
 
 def demo_base_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -50,7 +50,7 @@ class Inputs:
 
     base: Path
     data: Path
-    tokenizer: Tokenizer
+    tokenizer: TextTokenizer
     train: formatting.TokenizedSplit
     valid: formatting.TokenizedSplit
 
@@ -74,7 +74,7 @@ def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool =
     data = resolve_data(c)
     loaded = {split: records.load_split(data, split, on_error=c.data.on_error) for split in ("train", "valid")}
     base = resolve_base(c, progress=progress)
-    tokenizer = Tokenizer(rundir.tokenizer_path(base))
+    tokenizer = load_tokenizer(rundir.tokenizer_path(base))
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len, cache_dir=workdir / "token_cache",
                   on_error=c.data.on_error)
