@@ -2,15 +2,20 @@
 one-message chat with the v3 tokenizer; long prompts are cut in the middle; other vocabularies refuse it."""
 from __future__ import annotations
 
+import json
+
 import pytest
+import tokenizers
+import transformers
 from mistral_common.protocol.instruct.messages import UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from recfound_jax.data import formatting, instructions
 from recfound_jax.data.prompt_formats import prompt_ids
 from recfound_jax.demo import synthetic, vocabulary
-from recfound_jax.tokenizer import Tokenizer
+from recfound_jax.tokenizer import Tokenizer, load_tokenizer
 
 PROMPTS = [
     instructions.alpaca("Given the user's review, identify the user's sentiment from the listed options.",
@@ -45,4 +50,58 @@ def test_a_vocabulary_without_inst_markers_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"has no \[INST\] token"):
         prompt_ids(Tokenizer(model), PROMPTS, "mistral-instruct")
     with pytest.raises(ValueError, match="is not one of"):
+        prompt_ids(Tokenizer(), PROMPTS, "chatml")
+    with pytest.raises(ValueError, match=r"has no <\|begin_of_text\|> token: the llama3 prompt format needs"):
         prompt_ids(Tokenizer(), PROMPTS, "llama3")
+
+
+# The chat templates as the models' tokenizer_config.json files ship them (Meta-Llama-3-8B-Instruct,
+# Qwen2.5-7B-Instruct; Qwen's tool-calling branch left out): the reference the formats are checked against.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if (message.role == 'user') or "
+    "(message.role == 'system' and not loop.first) %}{{- '<|im_start|>' + message.role + '\n' + message.content + "
+    "'<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- endif %}")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHAT_SPECIALS = {"llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                            "<|eot_id|>"],
+                 "qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen"])
+def chat_checkpoint(request, tmp_path_factory):
+    """(format, folder with a byte-level BPE tokenizer.json trained here, with the model's special tokens)."""
+    specials = CHAT_SPECIALS[request.param]
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([*PROMPTS, "system user assistant You are Qwen, created by Alibaba Cloud."] * 5, trainer)
+    folder = tmp_path_factory.mktemp(request.param)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": specials[0], "eos_token": specials[-1]}))
+    return request.param, folder
+
+
+def test_chat_formats_equal_transformers_chat_templates(chat_checkpoint):
+    prompt_format, folder = chat_checkpoint
+    template = LLAMA3_TEMPLATE if prompt_format == "llama3" else QWEN_TEMPLATE
+    reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                                     bos_token=CHAT_SPECIALS[prompt_format][0])
+    ours = prompt_ids(load_tokenizer(folder), PROMPTS + ["  a prompt with spaces around  "], prompt_format)
+    for prompt, ids in zip(PROMPTS + ["  a prompt with spaces around  "], ours):
+        text = reference.apply_chat_template([{"role": "user", "content": prompt}], chat_template=template,
+                                             add_generation_prompt=True, tokenize=False)
+        assert ids == reference(text, add_special_tokens=False)["input_ids"], text
+    cut, = prompt_ids(load_tokenizer(folder), PROMPTS[:1], prompt_format, max_len=40)
+    assert len(cut) == 40 and cut[-8:] == ours[0][-8:]

@@ -1,5 +1,5 @@
 """python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks QR,SA] [--base_only]
-[--prompt_format gritlm|mistral-instruct] [--limit N] [--max_new_tokens N | TASK=N,...]
+[--prompt_format gritlm|mistral-instruct|llama3|qwen] [--limit N] [--max_new_tokens N | TASK=N,...]
 [--baseline NAME=path/to/metrics.json ...] [--out DIR]
 
 Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
@@ -38,8 +38,8 @@ _TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA
                            flag_values=FLAGS)
 _BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model without adapters", flag_values=FLAGS)
 _PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "gritlm", PROMPT_FORMATS, "how generation prompts are wrapped: "
-                                    "the training format, or mistral-instruct's [INST] chat (the paper's zero-shot "
-                                    "rows, with --base_only)", flag_values=FLAGS)
+                                    "the training format, or a chat model's own (mistral-instruct, llama3, qwen: the "
+                                    "paper's zero-shot rows, with --base_only)", flag_values=FLAGS)
 _LIMIT = flags.DEFINE_integer("limit", None, "rows (embedding: queries) per task", flag_values=FLAGS)
 _EMBEDDING_STRIDE = flags.DEFINE_integer("embedding_stride", 1, "evaluate every N-th embedding row (the released "
                                          "protocol: 10)", lower_bound=1, flag_values=FLAGS)
