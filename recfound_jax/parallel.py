@@ -34,6 +34,7 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^layers/(attn_norm|mlp_norm)$", (None, None)),
     (r"^layers/(q|k|v|gate|up)$", (None, "tensor", "fsdp")),
     (r"^layers/(o|down)$", (None, "fsdp", "tensor")),
+    (r"^layers/(q|k|v)_bias$", (None, "tensor")),
     (r"^adapters/banks/(q|k|v)/a$", (None, None, "fsdp", None)),
     (r"^adapters/banks/(q|k|v)/b$", (None, None, None, "tensor")),
     (r"^adapters/banks/o/a$", (None, None, "tensor", None)),

@@ -1,9 +1,11 @@
-"""HF Mistral checkpoints in and out: config.json, streamed safetensors loading, export (optionally folded).
+"""HF checkpoints in and out (Mistral, Llama, Qwen2): config.json, streamed safetensors loading, export.
 
 `load_hf` builds the model abstractly (no weights), then reads one HF tensor at a time into a stacked
 host buffer per weight kind and places it on its target sharding, so host memory never holds the
-model twice. `save_hf` writes config.json and safetensors that transformers' MistralForCausalLM
-loads; with ``task=`` it folds that task's gated expert bank into W0 first.
+model twice. `save_hf` writes config.json and safetensors that transformers' class of the model's
+family (MistralForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM) loads; with ``task=`` it folds that
+task's gated expert bank into W0 first. Each family's config.json mapping and extra tensor names are in
+its own module, convert/hf_<family>.py; the tensors below are the ones all three share.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from recfound_jax import jsonio, parallel
+from recfound_jax.convert import hf_llama, hf_mistral, hf_qwen2
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, folded_delta
@@ -37,48 +40,40 @@ LAYER_KEYS = {
 }
 GLOBAL_KEYS = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# model_type -> family; a checkpoint's "architectures" must name the family's CausalLM class.
+FAMILIES = {family.model_type: family for family in (hf_mistral.FAMILY, hf_llama.FAMILY, hf_qwen2.FAMILY)}
 
 
 def config_from_hf(raw: dict[str, Any], source: str = "config.json") -> MistralConfig:
-    """MistralConfig from a HF config dict; reads rope_parameters.rope_theta (transformers 5) or rope_theta."""
-    def need(key):
-        if key not in raw:
-            raise KeyError(f"{source}: missing field {key!r}")
-        return raw[key]
+    """MistralConfig from a HF config dict of a supported family (model_type mistral, llama or qwen2).
 
-    if raw.get("model_type", "mistral") not in ("mistral", "llama"):
-        raise ValueError(f"{source}: model_type {raw.get('model_type')!r} is not a Mistral model")
-    if raw.get("tie_word_embeddings", False):
-        raise ValueError(f"{source}: tie_word_embeddings=true is not supported (Mistral has an untied LM head)")
-    heads = need("num_attention_heads")
-    rope = raw.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
-    head_dim = raw.get("head_dim") or need("hidden_size") // heads
-    return MistralConfig(
-        vocab_size=need("vocab_size"), hidden_size=need("hidden_size"),
-        intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),
-        num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads, head_dim=head_dim,
-        rms_norm_eps=raw.get("rms_norm_eps", 1e-5), rope_theta=float(theta),
-        sliding_window=raw.get("sliding_window"),
-        max_position_embeddings=raw.get("max_position_embeddings", 32768),
-        bos_token_id=raw.get("bos_token_id", 1), eos_token_id=raw.get("eos_token_id", 2))
+    Raises ValueError naming ``source`` and the field for another model_type or architecture, or a
+    feature the decoder lacks (a RoPE scaling other than llama3, Llama's biases).
+    """
+    model_type = raw.get("model_type", "mistral")
+    if model_type not in FAMILIES:
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+    family = FAMILIES[model_type]
+    architectures = raw.get("architectures") or [family.architecture]
+    if architectures != [family.architecture]:
+        raise ValueError(f"{source}: architectures {architectures} is not supported for model_type {model_type!r} "
+                         f"(only [{family.architecture!r}])")
+    return family.config_from_hf(raw, source)
 
 
 def config_to_hf(cfg: MistralConfig, dtype: Any) -> dict[str, Any]:
-    """A config.json dict that transformers 4.x and 5.x both read as MistralConfig."""
-    dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[jnp.dtype(dtype).name]
-    return {
-        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": cfg.max_position_embeddings,
-        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "sliding_window": cfg.sliding_window, "tie_word_embeddings": False, "attention_dropout": 0.0,
-        "initializer_range": 0.02, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-        "torch_dtype": dtype_name, "use_cache": True,
-    }
+    """The config.json dict of ``cfg``'s family that transformers 4.x and 5.x both read."""
+    return FAMILIES[cfg.family].config_to_hf(cfg, dtype)
+
+
+def layer_keys(cfg: MistralConfig) -> dict[str, str]:
+    """Stacked weight kind -> HF tensor name template of ``cfg``'s family."""
+    return LAYER_KEYS | FAMILIES[cfg.family].extra_layer_keys
+
+
+def global_keys(cfg: MistralConfig) -> dict[str, str]:
+    """Model attribute -> HF tensor name of the unstacked weights (a tied LM head has no tensor)."""
+    return {k: v for k, v in GLOBAL_KEYS.items() if not (k == "lm_head" and cfg.tie_word_embeddings)}
 
 
 def read_config(path: str | os.PathLike) -> MistralConfig:
@@ -93,10 +88,12 @@ def expected_tensors(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> shape for a config."""
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     per_layer = {"attn_norm": (d,), "q": (cfg.q_dim, d), "k": (cfg.kv_dim, d), "v": (cfg.kv_dim, d),
-                 "o": (d, cfg.q_dim), "mlp_norm": (d,), "gate": (f, d), "up": (f, d), "down": (d, f)}
-    shapes = {GLOBAL_KEYS["embed"]: (v, d), GLOBAL_KEYS["final_norm"]: (d,), GLOBAL_KEYS["lm_head"]: (v, d)}
+                 "o": (d, cfg.q_dim), "mlp_norm": (d,), "gate": (f, d), "up": (f, d), "down": (d, f),
+                 "q_bias": (cfg.q_dim,), "k_bias": (cfg.kv_dim,), "v_bias": (cfg.kv_dim,)}
+    global_shapes = {"embed": (v, d), "final_norm": (d,), "lm_head": (v, d)}
+    shapes = {name: global_shapes[kind] for kind, name in global_keys(cfg).items()}
     for i in range(cfg.num_layers):
-        for kind, template in LAYER_KEYS.items():
+        for kind, template in layer_keys(cfg).items():
             shapes[template.format(i=i)] = per_layer[kind]
     return shapes
 
@@ -107,9 +104,11 @@ def _check_tensors(path: Path, infos: dict[str, st.TensorInfo], cfg: MistralConf
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ValueError(f"{path}: missing tensor {missing[0]}{more}")
-    unexpected = sorted(n for n in set(infos) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
+    # A tied checkpoint may still store the head; transformers ties it to the embedding and ignores it.
+    ignored = {GLOBAL_KEYS["lm_head"]} if cfg.tie_word_embeddings else set()
+    unexpected = sorted(n for n in set(infos) - set(expected) - ignored if not n.endswith(IGNORED_SUFFIXES))
     if unexpected:
-        raise ValueError(f"{path}: unexpected tensor {unexpected[0]} for a {cfg.num_layers}-layer Mistral config")
+        raise ValueError(f"{path}: unexpected tensor {unexpected[0]} for a {cfg.num_layers}-layer {cfg.family} config")
     for name, shape in expected.items():
         if infos[name].shape != shape:
             raise ValueError(f"{path}: tensor {name} has shape {infos[name].shape}, config.json implies {shape}")
@@ -132,7 +131,8 @@ def load_hf(
     attention_impl: str = "xla",
     seed: int = 0,
 ) -> Mistral:
-    """Load a HF Mistral directory as a `Mistral` (base weights in ``dtype``), adapters freshly initialised.
+    """Load a HF Mistral, Llama or Qwen2 directory as a `Mistral` (base weights in ``dtype``), adapters
+    freshly initialised.
 
     Streams tensor by tensor onto the target sharding of ``mesh`` (or the default device).
     """
@@ -147,10 +147,10 @@ def load_hf(
     def sharding(name: str, shape: tuple[int, ...]):
         return None if mesh is None else jax.sharding.NamedSharding(mesh, parallel.spec_for(name, shape, mesh))
 
-    for kind, hf_name in GLOBAL_KEYS.items():
+    for kind, hf_name in global_keys(cfg).items():
         var = getattr(model, kind)
         var.set_value(_place(_read_as(infos[hf_name], dtype), sharding(kind, var.shape)))
-    for kind, template in LAYER_KEYS.items():
+    for kind, template in layer_keys(cfg).items():
         var = getattr(model.layers, kind)
         host = st.empty_aligned(var.shape, dtype)
         for i in range(cfg.num_layers):
@@ -202,9 +202,11 @@ def save_hf(
     task: str | int | None = None,
     max_shard_bytes: int = 4 * 2**30,
 ) -> Path:
-    """Write config.json and safetensors that transformers' MistralForCausalLM.from_pretrained loads.
+    """Write config.json and safetensors that transformers' class of the model's family
+    (MistralForCausalLM, LlamaForCausalLM or Qwen2ForCausalLM) loads with from_pretrained.
 
-    With ``task`` the task's adapters are folded into q/k/v/o (a plain Mistral for that one task).
+    With ``task`` the task's adapters are folded into q/k/v/o (a plain model for that one task); biases
+    are base weights and are written as they are.
     """
     path = Path(path)
     cfg = model.config
@@ -218,15 +220,18 @@ def save_hf(
         stacked = replaced[kind] if kind in replaced else getattr(model.layers, kind)[...]
         return lambda: np.asarray(jax.device_get(stacked[i]))
 
+    hf_config = config_to_hf(cfg, dtype)  # first: a config the family cannot hold fails before any write
     shapes = expected_tensors(cfg)
-    tensors = [(GLOBAL_KEYS["embed"], shapes[GLOBAL_KEYS["embed"]], dtype, global_tensor("embed"))]
+    names = global_keys(cfg)
+    tensors = [(names["embed"], shapes[names["embed"]], dtype, global_tensor("embed"))]
     for i in range(cfg.num_layers):
-        for kind, template in LAYER_KEYS.items():
+        for kind, template in layer_keys(cfg).items():
             name = template.format(i=i)
             tensors.append((name, shapes[name], dtype, layer_tensor(kind, i)))
     for kind in ("final_norm", "lm_head"):
-        tensors.append((GLOBAL_KEYS[kind], shapes[GLOBAL_KEYS[kind]], dtype, global_tensor(kind)))
+        if kind in names:
+            tensors.append((names[kind], shapes[names[kind]], dtype, global_tensor(kind)))
     path.mkdir(parents=True, exist_ok=True)
     st.write_checkpoint(path, tensors, max_shard_bytes=max_shard_bytes)
-    jsonio.write_json(path / "config.json", config_to_hf(cfg, dtype))
+    jsonio.write_json(path / "config.json", hf_config)
     return path

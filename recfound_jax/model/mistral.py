@@ -11,10 +11,15 @@ One call gives causal attention (generation) or bidirectional attention (embeddi
 layers like training does; a decode step (one token a row, so all weight reads) runs them unrolled over
 per-layer weight slices made once per decoding loop and per-layer caches updated in place, where a scan
 would copy each layer's weights and cache slice every step (docs/benchmarks.md).
+
+The same decoder runs the Llama and Qwen2 families: their differences are config fields read here
+(q/k/v biases, a tied LM head, llama3 RoPE scaling, sliding-window attention on the upper layers only);
+each family's config.json mapping lives in convert/hf_<family>.py.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +38,29 @@ class BaseParam(nnx.Variable):
     """A frozen base-model weight: excluded from gradients, the optimizer and training checkpoints."""
 
 
+FAMILIES = ("mistral", "llama", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+    """HF's "llama3" RoPE scaling (Llama 3.1): low frequencies divided by ``factor``, a smooth blend between."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
 @dataclasses.dataclass(frozen=True)
 class MistralConfig:
-    """Architecture of a Mistral decoder (the fields of HF's MistralConfig that matter)."""
+    """Architecture of a Mistral-style decoder (the fields of HF's MistralConfig that matter).
+
+    ``family`` names the HF architecture a checkpoint is written as (convert/hf.py); the other fields
+    are what the families differ in. ``qkv_bias``: q, k and v projections carry a bias (Qwen2).
+    ``tie_word_embeddings``: the LM head is the embedding matrix. ``rope_scaling``: None for plain RoPE.
+    ``full_attention_layers``: with a ``sliding_window``, the first this many layers attend without it
+    (Qwen2's max_window_layers); 0 windows every layer (Mistral).
+    """
 
     vocab_size: int = 32768
     hidden_size: int = 4096
@@ -48,12 +73,28 @@ class MistralConfig:
     rope_theta: float = 1e6
     sliding_window: int | None = None
     max_position_embeddings: int = 32768
-    bos_token_id: int = 1
-    eos_token_id: int = 2
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    family: str = "mistral"
+    qkv_bias: bool = False
+    tie_word_embeddings: bool = False
+    rope_scaling: Llama3RopeScaling | None = None
+    full_attention_layers: int = 0
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r} is not one of {FAMILIES}")
+        if not 0 <= self.full_attention_layers < self.num_layers:
+            raise ValueError(f"full_attention_layers={self.full_attention_layers} must be in [0, {self.num_layers})")
+        if self.full_attention_layers and self.sliding_window is None:
+            raise ValueError("full_attention_layers > 0 needs a sliding_window")
+
+    @property
+    def mixed_windows(self) -> bool:
+        """Whether some layers use the sliding window and others do not (each layer then picks its mask)."""
+        return self.sliding_window is not None and self.full_attention_layers > 0
 
     @property
     def q_dim(self) -> int:
@@ -72,7 +113,9 @@ class MistralConfig:
         """Number of base-model parameters."""
         d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         per_layer = d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d + 3 * d * f + 2 * d
-        return self.num_layers * per_layer + 2 * v * d + d
+        if self.qkv_bias:
+            per_layer += self.q_dim + 2 * self.kv_dim
+        return self.num_layers * per_layer + (1 if self.tie_word_embeddings else 2) * v * d + d
 
 
 @jax.custom_vjp
@@ -107,9 +150,29 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * x32.astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [B, T, head_dim] (float32) for integer positions [B, T], rotate-half layout."""
+def rope_frequencies(head_dim: int, theta: float, scaling: Llama3RopeScaling | None = None) -> jax.Array:
+    """The inverse frequencies [head_dim / 2] (float32) of RoPE, llama3-scaled when ``scaling`` is set."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    # transformers' _compute_llama3_parameters: wavelengths above original / low_freq_factor are divided
+    # by factor, those below original / high_freq_factor kept, the ones between blended smoothly.
+    old_context = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_context / scaling.low_freq_factor
+    high_freq_wavelen = old_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope_tables(
+    positions: jax.Array, head_dim: int, theta: float, scaling: Llama3RopeScaling | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, T, head_dim] (float32) for integer positions [B, T], rotate-half layout."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
@@ -143,6 +206,14 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
 
 
+def layer_mask(windowed_mask: jax.Array, full_mask: jax.Array | None, windowed: jax.Array | None) -> jax.Array:
+    """A layer's attention mask: ``windowed_mask`` unless the model mixes windowed and full layers
+    (``full_mask`` set), where the layer's flag ``windowed`` picks one of the two."""
+    if full_mask is None:
+        return windowed_mask
+    return jnp.where(windowed, windowed_mask, full_mask)
+
+
 class DecoderStack(nnx.Module):
     """The base weights of all decoder layers, stacked: [L, out, in] (HF layout)."""
 
@@ -161,15 +232,22 @@ class DecoderStack(nnx.Module):
         self.gate = normal(n, f, d)
         self.up = normal(n, f, d)
         self.down = normal(n, d, f)
+        self.bias_names = BIAS_NAMES if cfg.qkv_bias else ()
+        for name in self.bias_names:  # random, so that a model built from scratch exercises them; loading replaces them
+            setattr(self, name, normal(n, cfg.q_dim if name == "q_bias" else cfg.kv_dim))
 
     def arrays(self) -> dict[str, jax.Array]:
         """The stacked weights as a dict of arrays, ready to scan over."""
-        names = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+        names = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down", *self.bias_names)
         return {name: getattr(self, name)[...] for name in names}
 
 
-# attend(q, k, v) -> (attention output, anything the layer should return: new cache entries or None)
-AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+# The q/k/v projection biases of the families that have them (Qwen2), base weights [L, out].
+BIAS_NAMES = ("q_bias", "k_bias", "v_bias")
+# attend(q, k, v, windowed) -> (attention output, anything the layer should return: new cache entries or
+# None). ``windowed`` is the layer's sliding-window flag where the model mixes windowed and full layers,
+# else None.
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], tuple[jax.Array, Any]]
 # One {"k", "v"} [B, KV heads, slots, head_dim] per layer.
 KVCache = tuple[dict[str, jax.Array], ...]
 
@@ -193,6 +271,9 @@ class Mistral(nnx.Module):
             raise ValueError(f"remat={remat!r} is not one of {REMAT_POLICIES}")
         if attention_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention_impl={attention_impl!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+        if attention_impl == "cudnn" and config.mixed_windows:
+            raise ValueError("attention_impl='cudnn' takes one sliding window for every layer; this config windows "
+                             f"only layers >= full_attention_layers={config.full_attention_layers}: use 'xla'")
         self.config = config
         self.tmole_config = tmole
         self.dtype = jnp.dtype(dtype)
@@ -203,7 +284,8 @@ class Mistral(nnx.Module):
         self.embed = BaseParam((0.02 * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(param_dtype))
         self.layers = DecoderStack(config, param_dtype=param_dtype, rngs=rngs)
         self.final_norm = BaseParam(jnp.ones((d,), param_dtype))
-        self.lm_head = BaseParam((0.02 * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(param_dtype))
+        self.lm_head = (None if config.tie_word_embeddings else
+                        BaseParam((0.02 * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(param_dtype)))
         self.adapters = (None if tmole is None
                          else TMoLE(tmole, config.num_layers, config.projection_dims(), rngs=rngs))
 
@@ -243,15 +325,17 @@ class Mistral(nnx.Module):
             lengths = (jnp.full((batch,), length, jnp.int32) if attention_mask is None
                        else attention_mask.sum(-1).astype(jnp.int32))
 
-            def attend(q, k, v):
+            def attend(q, k, v, windowed):
                 return attention.attend_right_padded(
                     q, k, v, lengths, causal=causal, sliding_window=cfg.sliding_window, implementation="cudnn"), None
         else:
             mask = attention.full_sequence_mask(attention_mask, length, causal=causal,
                                                 sliding_window=cfg.sliding_window)
+            full = (attention.full_sequence_mask(attention_mask, length, causal=causal, sliding_window=None)
+                    if cfg.mixed_windows else None)
 
-            def attend(q, k, v):
-                return attention.attend(q, k, v, mask), None
+            def attend(q, k, v, windowed):
+                return attention.attend(q, k, v, layer_mask(mask, full, windowed)), None
 
         h, _ = self._run(input_ids, positions, attend, task_ids, dropout_key,
                          path="generation" if causal else "encoding")
@@ -259,7 +343,8 @@ class Mistral(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM-head logits (float32 accumulation) of hidden states [..., D]."""
-        return head_logits(hidden, self.lm_head[...].astype(hidden.dtype))
+        head = self.embed if self.lm_head is None else self.lm_head  # None: tied to the embedding
+        return head_logits(hidden, head[...].astype(hidden.dtype))
 
     def logits_at(self, hidden: jax.Array, positions: jax.Array) -> jax.Array:
         """LM-head logits [B, K, vocab] (float32) of hidden states [B, T, D] at positions [B, K] only.
@@ -298,11 +383,14 @@ class Mistral(nnx.Module):
         """
         batch, length = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        mask = attention.full_sequence_mask(attention_mask, length, causal=True,
-                                            sliding_window=self.config.sliding_window)
+        cfg = self.config
+        mask = attention.full_sequence_mask(attention_mask, length, causal=True, sliding_window=cfg.sliding_window)
+        full = (attention.full_sequence_mask(attention_mask, length, causal=True, sliding_window=None)
+                if cfg.mixed_windows else None)
 
-        def attend(q, k, v):
-            return attention.attend(q, k, v, mask), {"k": k.astype(self.dtype), "v": v.astype(self.dtype)}
+        def attend(q, k, v, windowed):
+            out = attention.attend(q, k, v, layer_mask(mask, full, windowed))
+            return out, {"k": k.astype(self.dtype), "v": v.astype(self.dtype)}
 
         h, new_kv = self._run(input_ids, positions, attend, task_ids, None, path="generation")
         # new_kv: {"k", "v"} [L, B, T, KV, hd] from the layer scan, written into each layer's buffer.
@@ -340,15 +428,17 @@ class Mistral(nnx.Module):
         cfg = self.config
         layers = self.layer_slices(task_ids) if layers is None else layers
         rows = jnp.arange(tokens.shape[0])
-        mask = attention.decode_mask(positions, cache[0]["k"].shape[2], sliding_window=cfg.sliding_window)
+        slots = cache[0]["k"].shape[2]
+        mask = attention.decode_mask(positions, slots, sliding_window=cfg.sliding_window)
+        full = attention.decode_mask(positions, slots, sliding_window=None) if cfg.mixed_windows else None
         h = self.embed[...][tokens[:, None]].astype(self.dtype)
-        cos, sin = rope_tables(positions[:, None], cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions[:, None], cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         new_cache = []
         for x, layer_cache in zip(layers, cache):
-            def attend(q, k, v, layer_cache=layer_cache):
+            def attend(q, k, v, windowed, layer_cache=layer_cache):
                 ck = layer_cache["k"].at[rows, :, positions].set(k[:, 0].astype(self.dtype))
                 cv = layer_cache["v"].at[rows, :, positions].set(v[:, 0].astype(self.dtype))
-                return attention.attend_cache(q, ck, cv, mask), {"k": ck, "v": cv}
+                return attention.attend_cache(q, ck, cv, layer_mask(mask, full, windowed)), {"k": ck, "v": cv}
 
             h, updated = _decoder_layer(h, x, cfg=cfg, tmole_cfg=self.tmole_config, cos=cos, sin=sin, attend=attend)
             new_cache.append(updated)
@@ -358,14 +448,18 @@ class Mistral(nnx.Module):
     # ----------------------------------------------------------------------------------- the scan
     def _layer_inputs(self, task_ids: jax.Array | None, dropout_key: jax.Array | None, path: str) -> dict[str, Any]:
         """What each layer reads, stacked over layers: base weights, adapter banks and gates (routed for the
-        call ``path``, see `tmole.PATHS`), dropout keys."""
+        call ``path``, see `tmole.PATHS`), dropout keys, and each layer's sliding-window flag where only some
+        layers use the window."""
+        cfg = self.config
         xs: dict[str, Any] = {"base": self.layers.arrays()}
+        if cfg.mixed_windows:
+            xs["windowed"] = jnp.arange(cfg.num_layers) >= cfg.full_attention_layers
         if self.adapters is not None:
             gates = self.adapters.gates(task_ids, path)
             xs["adapters"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": gates[t]}
                               for t, bank in self.adapters.banks.items()}
             if dropout_key is not None and self.tmole_config.dropout > 0:
-                xs["dropout"] = jax.random.split(dropout_key, self.config.num_layers)
+                xs["dropout"] = jax.random.split(dropout_key, cfg.num_layers)
         return xs
 
     def _run(
@@ -381,7 +475,7 @@ class Mistral(nnx.Module):
         """The layer scan: final-norm hidden states and whatever ``attend`` returned per layer, stacked."""
         cfg = self.config
         h = self.embed[...][input_ids].astype(self.dtype)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         tmole_cfg = self.tmole_config
 
         def layer(h, x):
@@ -437,6 +531,8 @@ def _decoder_layer(
 
     def project(inp: jax.Array, name: str, delta: dict[str, jax.Array]) -> jax.Array:
         out = linear(inp, w[name])
+        if f"{name}_bias" in w:  # the bias is part of the frozen base: x W0 + b, then the adapters' delta
+            out = out + w[f"{name}_bias"].astype(out.dtype)
         return out + delta[name] if name in delta else out
 
     batch, length, _ = h.shape
@@ -446,7 +542,7 @@ def _decoder_layer(
     k = project(normed, "k", qkv_deltas).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
     v = project(normed, "v", qkv_deltas).reshape(batch, length, cfg.num_kv_heads, cfg.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    attn, extra = attend(q, k, v)
+    attn, extra = attend(q, k, v, x.get("windowed"))
     attn = checkpoint_name(attn, "attention_out").reshape(batch, length, cfg.q_dim)
     h = h + project(attn, "o", deltas(attn, ["o"]))
     normed = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps)
