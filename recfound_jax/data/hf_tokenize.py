@@ -150,7 +150,8 @@ def threads_per_process(num_proc: int) -> int:
     the cores shared out among several."""
     if num_proc <= 1:
         return -1
-    return max(1, len(os.sched_getaffinity(0)) // num_proc)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // num_proc)
 
 
 @contextlib.contextmanager
