@@ -62,13 +62,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.tmole.router_hidden = ()
 
     c.data = ml_collections.ConfigDict()
-    c.data.dir = "synthetic"  # a folder in the released layout, or "synthetic": generated on first use
+    # a folder of the released JSONL layout, a DatasetDict's save_to_disk folder, or parquet files of the same rows
+    # (recfound_jax/data/sources.py); or "synthetic": generated on first use
+    c.data.dir = "synthetic"
     c.data.synthetic_scale = 1
     c.data.synthetic_seed = 0
     c.data.on_error = "raise"  # or "skip": bad rows are skipped and counted per reason
     c.data.query_len = 72
     c.data.passage_len = 48
     c.data.generative_len = 176
+    c.data.num_proc = 1  # processes that tokenize the splits (datasets.Dataset.map); results do not depend on it
 
     c.train = ml_collections.ConfigDict()
     # steps 0: as many as train.epochs passes over the train split take, an epoch counted as the released
@@ -231,6 +234,7 @@ def _check_data(d: ml_collections.ConfigDict, model: ml_collections.ConfigDict) 
     if d.dir != "synthetic":
         _check(Path(d.dir).is_dir(), "data.dir", f"{d.dir!r} is not a directory")
     _check(d.on_error in ("raise", "skip"), "data.on_error", f"{d.on_error!r} not in ('raise', 'skip')")
+    _check(d.num_proc >= 1, "data.num_proc", f"must be >= 1, got {d.num_proc}")
     lengths = ("query_len", "passage_len", "generative_len")
     for key in lengths:
         _check(d[key] >= 8, f"data.{key}", f"must be >= 8, got {d[key]}")

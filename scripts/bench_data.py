@@ -1,31 +1,30 @@
-"""Benchmark the data pipeline on synthetic rows of realistic length.
+"""Benchmark the data pipeline on the synthetic dataset at the released training split's size.
 
-Measures (1) the one-time cost: reading + validating the JSONL, formatting + tokenizing, writing and
-reading the tokenized cache, extrapolated to the released training split (366,940 rows, Table 1 of
-the paper), on one core and on two; (2) batch assembly from the tokenized tables on one core, in
-samples per second (embedding + generative rows per step).
+Measures (1) the one-time tokenization of 366,940 rows (the released train split, Table 1 of the paper, in
+its task mix) drawn by the synthetic dataset's writers (recfound_jax/demo/synthetic.py; ``--distinct``
+rows a task, repeated up to the task's share), by the in-process tokenizer (`formatting.tokenize_records`,
+the code before ``datasets``) and by `hf_tokenize` (``datasets.Dataset.map``) at num_proc 1 and 2, in the
+same run, with the arrays checked equal, then the same call again reading ``datasets``' cache; (2) batch
+assembly from the tokenized tables on one core, in samples per second.
 
-The rows mimic the released ones: the task mix of Table 1, item texts of short product titles and
-descriptions, user histories of 10-30 titles, Alpaca-style generative prompts, answers from one
-option letter to a paragraph. Goals: assembly >= 5,000 samples/s on one core; the one-time
-formatting + tokenization of the released size < 5 minutes on 2 cores.
+Goals: the map path no slower than the in-process one at num_proc=1, and about linear in processes.
 
-    python scripts/bench_data.py [--rows 20000] [--steps 50]
+    python scripts/bench_data.py [--rows 366940] [--distinct 5000] [--steps 50]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from recfound_jax.data import batching, formatting, records
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, get_task
+from recfound_jax.data import batching, formatting, hf_tokenize, records
+from recfound_jax.demo import synthetic
+from recfound_jax.demo import synthetic_world as sw
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
 from recfound_jax.tokenizer import Tokenizer
 
 RELEASED_TRAIN_ROWS = 366_940
@@ -33,82 +32,26 @@ TRAIN_SIZES = {  # Table 1, training split
     "U2I": 86_000, "Q2I": 40_000, "I2I": 83_680, "QR": 3_260, "AVE": 20_000, "AG": 20_000, "SR": 20_000,
     "SA": 20_000, "UP": 20_000, "AP": 15_000, "PRP": 20_000, "PM": 4_000, "IP": 15_000,
 }
-BRANDS = ["Nike", "Sony", "Anker", "Logitech", "KitchenAid", "Lego", "Philips", "Samsung", "Adidas", "Bosch"]
-NOUNS = ["running shoes", "wireless earbuds", "USB-C cable", "coffee grinder", "yoga mat", "desk lamp",
-         "phone case", "backpack", "water bottle", "mechanical keyboard", "face serum", "dog leash",
-         "novel", "board game", "frying pan", "hiking socks", "smart watch", "throw pillow"]
-ADJECTIVES = ["lightweight", "durable", "waterproof", "premium", "compact", "ergonomic", "organic", "stainless",
-              "adjustable", "portable", "classic", "rechargeable"]
-FILLER = ("great quality and fits well, arrived quickly, the color is slightly different from the picture, "
-          "works as described, would buy again, battery lasts all day, easy to clean, comfortable for long use").split()
 
 
-def _title(rng: random.Random) -> str:
-    return (f"{rng.choice(BRANDS)} {rng.choice(ADJECTIVES)} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}, "
-            f"{rng.randint(1, 12)} pack, {rng.choice(['black', 'white', 'blue', 'red'])}")
+def task_rows(n_rows: int) -> dict[str, int]:
+    """Rows of each task (short name) in ``n_rows`` with the released split's mix (largest remainders)."""
+    counts = _largest_remainder(np.array([TRAIN_SIZES[t.short] for t in TASKS], float), n_rows)
+    return {t.short: int(n) for t, n in zip(TASKS, counts)}
 
 
-def _words(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(FILLER) for _ in range(rng.randint(lo, hi)))
-
-
-def _item(rng: random.Random) -> str:
-    return f"Title: {_title(rng)}. Description: {_words(rng, 30, 90)}"
-
-
-def _history(rng: random.Random) -> str:
-    return "The user bought, in order: " + "; ".join(_title(rng) for _ in range(rng.randint(10, 30)))
-
-
-def _embedding_row(rng: random.Random, short: str, item) -> dict:
-    query = {"U2I": _history, "Q2I": lambda r: f"{r.choice(ADJECTIVES)} {r.choice(NOUNS)} for {_words(r, 2, 6)}",
-             "I2I": item}[short](rng)
-    instr = {"U2I": "Given the user's purchase history, represent the user for retrieving items they will buy:",
-             "Q2I": "Given a shopping query, represent it for retrieving relevant products:",
-             "I2I": "Represent the item for retrieving similar items:"}[short]
-    return {"query": [instr, query], "pos": [["Represent the item:", item(rng)] for _ in range(rng.randint(1, 2))],
-            "neg": [["Represent the item:", item(rng)] for _ in range(rng.randint(0, 2))], "task": get_task(short).name}
-
-
-def _answer(rng: random.Random, short: str) -> str:
-    if short in ("SR", "PRP", "SA"):
-        return rng.choice("ABCDE")
-    if short in ("PM", "AP"):
-        return rng.choice(["yes", "no"])
-    if short == "AVE":
-        return json.dumps([{"attribute": "brand", "value": rng.choice(BRANDS), "source": "title"},
-                           {"attribute": "color", "value": "black", "source": "description"}])
-    return _words(rng, {"QR": (5, 15), "AG": (20, 60), "UP": (60, 160), "IP": (60, 160)}[short][0],
-                  {"QR": (5, 15), "AG": (20, 60), "UP": (60, 160), "IP": (60, 160)}[short][1])
-
-
-def _generative_row(rng: random.Random, short: str) -> dict:
-    body = _history(rng) if short in ("SR", "UP") else _item(rng) + " " + _item(rng)
-    options = "\n".join(f"{c}. {_title(rng)}" for c in "ABCDE") if short in ("SR", "PRP", "SA") else ""
-    prompt = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-              f"Write a response that appropriately completes the request.\n\nInstruction: Solve the {short} task "
-              f"for the given input.\n\nInput: {body}\n\nOptions: {options}\n\nResponse:")
-    return {"text": [prompt, _answer(rng, short)], "task": get_task(short).name}
-
-
-def make_rows(n: int, seed: int = 0, catalog: int = 0) -> list[dict]:
-    """n synthetic rows with the task mix of the released training split; passages and I2I queries
-    come from a catalog of ``catalog`` items, or are all distinct when it is 0."""
-    rng = random.Random(seed)
-    items = [_item(rng) for _ in range(catalog)]
-    item = (lambda r: r.choice(items)) if catalog else _item
-    shorts = list(TRAIN_SIZES)
-    weights = [TRAIN_SIZES[s] for s in shorts]
-    rows = []
-    for short in rng.choices(shorts, weights, k=n):
-        kind = get_task(short).kind
-        rows.append(_embedding_row(rng, short, item) if kind == "embedding" else _generative_row(rng, short))
-    return rows
-
-
-def _pin(cores: int) -> None:
-    available = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, set(available[:cores]))
+def write_synthetic(out: Path, n_rows: int, distinct: int, seed: int = 0) -> Path:
+    """``out/train/{task}.jsonl``: each task's share of ``n_rows``, ``distinct`` rows from the synthetic
+    writers (a scale-8 world) repeated in order up to it."""
+    world = sw.build_world(8, seed)
+    (out / "train").mkdir(parents=True)
+    for task in TASKS:
+        n = task_rows(n_rows)[task.short]
+        drawn = synthetic.WRITERS[task.short](world, "train", min(n, distinct),
+                                              np.random.default_rng([seed, 300, task.id]))
+        rows = [drawn[i % len(drawn)] for i in range(n)]
+        synthetic._write_jsonl(out / "train" / f"{task.name}.jsonl", rows)
+    return out
 
 
 def _timed(fn):
@@ -117,29 +60,51 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process's threads and of its finished children (the map's workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _cpu_timed(fn):
-    """(result, wall seconds, CPU seconds of this process's threads)."""
-    cpu = time.process_time()
+    """(result, wall seconds, CPU seconds)."""
+    cpu = _cpu_seconds()
     out, wall = _timed(fn)
-    return out, wall, time.process_time() - cpu
+    return out, wall, _cpu_seconds() - cpu
 
 
-def bench_one_time(data_dir: Path, tok: Tokenizer, n_rows: int, cores: int, lengths: dict) -> dict:
-    _pin(cores)
-    (rows, report), t_read, c_read = _cpu_timed(lambda: records.load_split(data_dir, "train"))
-    table, t_tok, c_tok = _cpu_timed(lambda: formatting.tokenize_records(rows, tok, report=report, **lengths))
-    with tempfile.TemporaryDirectory() as tmp:
-        _, t_save = _timed(lambda: table.save(Path(tmp) / "c.npz"))
-        _, t_load = _timed(lambda: formatting.TokenizedSplit.load(Path(tmp) / "c.npz"))
-    scale = RELEASED_TRAIN_ROWS / n_rows
-    return {"cores": cores, "read": t_read, "tokenize": t_tok, "save": t_save, "load": t_load,
-            "cpu": c_read + c_tok, "released_cpu_s": (c_read + c_tok) * scale,
-            "rows/s": n_rows / (t_read + t_tok), "released_s": (t_read + t_tok + t_save) * scale,
-            "table": table}
+def _same(a: formatting.TokenizedSplit, b: formatting.TokenizedSplit) -> bool:
+    def arrays(split: formatting.TokenizedSplit) -> list[np.ndarray]:
+        out = []
+        for table in ("embedding", "generative"):
+            for value in vars(getattr(split, table)).values():
+                out += [value.data, value.offsets] if isinstance(value, formatting.Ragged) else [value]
+        return out
+
+    pairs = zip(arrays(a), arrays(b))
+    return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in pairs) and a.stats == b.stats
+
+
+def bench_tokenize(rows: list, tok: Tokenizer, lengths: dict,
+                   cache_root: Path) -> tuple[list, formatting.TokenizedSplit]:
+    """(name, seconds, CPU seconds) of each way, and the in-process tables."""
+    reference, wall, cpu = _cpu_timed(lambda: formatting.tokenize_records(rows, tok, **lengths))
+    results = [("in-process (before)", wall, cpu)]
+    for num_proc in (1, 2):
+        cache = cache_root / f"num_proc{num_proc}"
+        table, wall, cpu = _cpu_timed(lambda: hf_tokenize.tokenize_records(rows, tok, cache_dir=cache,
+                                                                           num_proc=num_proc, **lengths))
+        if not _same(reference, table):
+            raise AssertionError(f"num_proc={num_proc}: the map path's arrays differ from the in-process ones")
+        results.append((f"datasets.map, num_proc={num_proc}", wall, cpu))
+    table, wall, cpu = _cpu_timed(lambda: hf_tokenize.tokenize_records(rows, tok, cache_dir=cache_root / "num_proc2",
+                                                                       num_proc=2, **lengths))
+    results.append(("datasets.map, cache read", wall, cpu))
+    return results, reference
 
 
 def bench_assembly(table: formatting.TokenizedSplit, steps: int, config: batching.BatchConfig) -> float:
-    _pin(1)
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:1]))
     batcher = batching.Batcher(table, config)
     emb_sizes = np.array([TRAIN_SIZES[t.short] for t in EMBEDDING_TASKS], float)
     gen_sizes = np.array([TRAIN_SIZES[t.short] for t in GENERATIVE_TASKS], float)
@@ -163,32 +128,27 @@ def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=RELEASED_TRAIN_ROWS)
+    parser.add_argument("--distinct", type=int, default=5_000, help="distinct rows drawn per task, then repeated")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--catalog", type=int, default=0,
-                        help="draw passages from this many distinct items (0: every passage distinct)")
     args = parser.parse_args()
     lengths = {"query_max_len": 256, "passage_max_len": 2048, "generative_max_len": 2048}
     tok = Tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp)
-        (data_dir / "train").mkdir()
-        with open(data_dir / "train" / "rows.jsonl", "w") as f:
-            for row in make_rows(args.rows, catalog=args.catalog):
-                f.write(json.dumps(row) + "\n")
-        size_mb = (data_dir / "train" / "rows.jsonl").stat().st_size / 1e6
-        results = [bench_one_time(data_dir, tok, args.rows, cores, lengths) for cores in (1, 2)]
-    table = results[-1]["table"]
+        (data_dir, t_write) = _timed(lambda: write_synthetic(Path(tmp) / "data", args.rows, args.distinct))
+        size_mb = sum(p.stat().st_size for p in (data_dir / "train").iterdir()) / 1e6
+        (rows, _), t_read = _timed(lambda: records.load_split(data_dir, "train"))
+        results, table = bench_tokenize(rows, tok, lengths, Path(tmp) / "cache")
     e, g = table.embedding, table.generative
-    print(f"synthetic rows: {args.rows}, catalog {args.catalog or 'none'} ({size_mb:.1f} MB of JSONL); tokens: "
-          f"{len(e.seqs.data) / len(e.seqs):.0f} per embedding seq ({len(e.seqs)} seqs), "
-          f"{len(g.seqs.data) / max(len(g), 1):.0f} per generative row ({len(g)} rows)")
-    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times include contention)")
-    print(f"\n{'one-time':<10}{'read+validate s':>17}{'tokenize s':>12}{'save s':>8}{'load s':>8}"
-          f"{'rows/s':>10}{'cpu s':>8}{'366,940 rows: wall min':>24}{'cpu min':>9}")
-    for r in results:
-        print(f"{r['cores']} core(s){'':<2}{r['read']:>17.2f}{r['tokenize']:>12.2f}{r['save']:>8.2f}{r['load']:>8.2f}"
-              f"{r['rows/s']:>10.0f}{r['cpu']:>8.2f}{r['released_s'] / 60:>24.2f}{r['released_cpu_s'] / 60:>9.2f}")
+    print(f"synthetic rows: {len(rows)}, at most {args.distinct} distinct a task ({size_mb:.1f} MB of JSONL, written "
+          f"in {t_write:.1f} s, read and validated in {t_read:.1f} s); tokens: {len(e.seqs.data) / len(e.seqs):.0f} "
+          f"per embedding seq ({len(e.seqs)} seqs), {len(g.seqs.data) / max(len(g), 1):.0f} per generative row "
+          f"({len(g)} rows); every way's arrays equal")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores "
+          "(wall times include contention)")
+    print("\n| tokenizing | rows | seconds | rows/s | CPU seconds |\n|---|---:|---:|---:|---:|")
+    for name, wall, cpu in results:
+        print(f"| {name} | {len(rows):,} | {wall:.1f} | {len(rows) / wall:,.0f} | {cpu:.1f} |")
     configs = {
         "1 proc, B=256+128, pad to max": batching.BatchConfig(256, 128, 256, 2048, 2048, seed=0),
         "1 proc, B=256+128, buckets": batching.BatchConfig(

@@ -46,7 +46,7 @@ from flax import nnx  # noqa: E402
 
 from recfound_jax import config as config_lib  # noqa: E402
 from recfound_jax import recipes  # noqa: E402
-from recfound_jax.data import batching, formatting  # noqa: E402
+from recfound_jax.data import batching, formatting, hf_tokenize  # noqa: E402
 from recfound_jax.demo import instruct, pretrain, synthetic, synthetic_world  # noqa: E402
 from recfound_jax.model.mistral import BaseParam, Mistral  # noqa: E402
 from recfound_jax.model.tmole import TMoLEConfig  # noqa: E402
@@ -133,8 +133,8 @@ def tokenized_splits(c: ml_collections.ConfigDict) -> tuple[formatting.Tokenized
     tokenizer = demo_tokenizer()
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len)
-    return (formatting.tokenize_split(data, "train", tokenizer, **kwargs),
-            formatting.tokenize_split(data, "valid", tokenizer, **kwargs))
+    return (hf_tokenize.tokenize_split(data, "train", tokenizer, **kwargs),
+            hf_tokenize.tokenize_split(data, "valid", tokenizer, **kwargs))
 
 
 def random_model_parts(c: ml_collections.ConfigDict) -> step_lib.ModelParts:

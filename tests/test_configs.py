@@ -70,6 +70,15 @@ def test_unknown_dropout_rng_is_named():
     config_lib.validate(c, device_count=1)
 
 
+def test_data_num_proc_below_one_is_named():
+    c = recipes.load("demo")
+    c.data.num_proc = 0
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.num_proc: must be >= 1, got 0"):
+        config_lib.validate(c, device_count=1)
+    c.data.num_proc = 2
+    config_lib.validate(c, device_count=1)
+
+
 def test_a_probe_that_the_step_chunks_cannot_divide_is_named():
     c = recipes.load("recfound_mistral7b")  # chunks of 8: 128 rows a task divide, 100 do not
     c.model.base, c.data.dir = "demo", "synthetic"

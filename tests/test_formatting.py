@@ -4,7 +4,6 @@ References: the SentencePiece model itself, encoding the whole formatted string 
 """
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -200,47 +199,6 @@ def test_repeated_passages_are_stored_once(tok):
     emb = split.embedding
     assert emb.pos.row(0)[0] == emb.neg.row(1)[0]
     assert len(emb.seqs) == 2 + 3 and split.stats["passage"].rows == 3
-
-
-def test_save_load_round_trip(tmp_path, tok):
-    split = formatting.tokenize_records(_records(), tok, query_max_len=16, passage_max_len=32, generative_max_len=48)
-    split.save(tmp_path / "c.npz")
-    back = formatting.TokenizedSplit.load(tmp_path / "c.npz")
-    for name in ("embedding", "generative"):
-        a, b = getattr(split, name), getattr(back, name)
-        for leaf_a, leaf_b in zip(_leaves(a), _leaves(b)):
-            np.testing.assert_array_equal(leaf_a, leaf_b)
-    assert back.stats == split.stats and back.lengths == split.lengths and back.pad_id == tok.pad_id
-
-
-def _leaves(table) -> list[np.ndarray]:
-    out = []
-    for value in vars(table).values():
-        out += [value.data, value.offsets] if isinstance(value, formatting.Ragged) else [value]
-    return out
-
-
-def test_tokenize_split_uses_the_cache_until_the_data_changes(tmp_path, tok, monkeypatch):
-    data = tmp_path / "data" / "train" / "rows.jsonl"
-    data.parent.mkdir(parents=True)
-    row = {"text": ["Rate: nice", "E"], "task": "Sentiment_Analysis"}
-    data.write_text(json.dumps(row) + "\n")
-    kwargs = dict(query_max_len=16, passage_max_len=32, generative_max_len=48, cache_dir=tmp_path / "cache")
-    first = formatting.tokenize_split(tmp_path / "data", "train", tok, **kwargs)
-    assert len(list((tmp_path / "cache").glob("train-*.npz"))) == 1 and first.report.kept == 1
-
-    def no_reload(*args, **kw):
-        raise AssertionError("the cache should have been used")
-
-    monkeypatch.setattr(records, "load_split", no_reload)
-    again = formatting.tokenize_split(tmp_path / "data", "train", tok, **kwargs)
-    np.testing.assert_array_equal(again.generative.seqs.data, first.generative.seqs.data)
-    assert again.report == first.report
-    monkeypatch.undo()
-
-    data.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
-    changed = formatting.tokenize_split(tmp_path / "data", "train", tok, **kwargs)
-    assert len(changed.generative) == 2 and len(list((tmp_path / "cache").glob("train-*.npz"))) == 2
 
 
 def test_ragged_pack_and_concat():

@@ -23,7 +23,7 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from recfound_jax import jsonio
 from recfound_jax.convert import export
-from recfound_jax.data import formatting, prompt_formats
+from recfound_jax.data import hf_tokenize, prompt_formats
 from recfound_jax.data.formatting import Formatter
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
@@ -259,10 +259,11 @@ def test_a_run_on_a_tokenizer_json_base_records_and_reloads_it(tmp_path, v3_dir)
     jsonio.write_json(run / rundir.RUN_FILE, {"base": str(v3_dir), "tokenizer": str(path)})
     reloaded = rundir.load_tokenizer(run)
     assert isinstance(reloaded, JsonTokenizer) and reloaded.path == path and reloaded.bos_id == 1
-    ours = formatting.tokenize_split(data, "train", Tokenizer(), cache_dir=tmp_path / "cache", **kwargs)
-    theirs = formatting.tokenize_split(data, "train", reloaded, cache_dir=tmp_path / "cache", **kwargs)
+    ours = hf_tokenize.tokenize_split(data, "train", Tokenizer(), cache_dir=tmp_path / "cache", **kwargs)
+    theirs = hf_tokenize.tokenize_split(data, "train", reloaded, cache_dir=tmp_path / "cache", **kwargs)
     assert theirs.generative.seqs.data.tolist() == ours.generative.seqs.data.tolist()
-    assert len(list((tmp_path / "cache").glob("train-*.npz"))) == 2  # the tokenizer file is in the cache key
+    # the tokenizer file (and a tokenizer.json's special ids) is in the cache's fingerprint
+    assert len(list((tmp_path / "cache").glob("train-generative-*.arrow"))) == 2
 
 
 def test_an_export_carries_the_tokenizer_json_and_its_special_ids(tmp_path, v3_dir, both):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recfound_jax import config as config_lib
-from recfound_jax.data import formatting, records
+from recfound_jax.data import hf_tokenize, records
 from recfound_jax.demo import synthetic
 from recfound_jax.runs import checkpoint
 from recfound_jax.tasks import TASKS
@@ -86,8 +86,8 @@ def test_fresh_probes_are_drawn_anew_each_step_and_again_the_same_on_resume(base
     data = config_lib.synthetic_dir(1, 0)
     synthetic.ensure_dataset(data, scale=1, seed=0)
     c = tiny_config(base, s2sched__probe_sampling="fresh", s2sched__probe_size=3)
-    valid = formatting.tokenize_split(data, "valid", Tokenizer(base / "tokenizer.model"), query_max_len=72,
-                                      passage_max_len=48, generative_max_len=176)
+    valid = hf_tokenize.tokenize_split(data, "valid", Tokenizer(base / "tokenizer.model"), query_max_len=72,
+                                       passage_max_len=48, generative_max_len=176)
     first, again, other = (probe_batches(c, valid, step) for step in (5, 5, 6))
     for a, b, c_ in zip(first, again, other):
         assert a.keys() == c_.keys()

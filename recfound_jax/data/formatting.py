@@ -34,35 +34,28 @@ Truncation (counted in :class:`TruncationStats`):
   answer's tail. The prompt is cut in its middle (its head, the instruction, and its tail, the
   options and "Response:", stay). The first answer token is never cut.
 
-Cache: :func:`tokenize_split` with ``cache_dir`` keeps a split's tokenized tables in one ``.npz`` of
-flat numpy arrays, named by a hash of the data files' bytes, the tokenizer file, the lengths and the
-load settings. HF ``datasets`` is not used: the validation must name ``file:line``, which its JSON
-loader does not give; the tables are ragged int arrays that numpy holds flat with offsets, which batch
-assembly slices directly; and ``datasets`` is not installed on the GPU machine.
+Tables: `tokenize_records` makes a split's tokenized tables in this process, as flat numpy arrays with
+offsets (ragged int rows that batch assembly slices directly). `hf_tokenize` makes the same arrays
+through ``datasets.Dataset.map`` with its fingerprinted cache: what a run uses (`train/inputs.py`).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from recfound_jax.data import records as records_lib
-from recfound_jax.tasks import get_task
-from recfound_jax.tokenizer import TextTokenizer, is_tokenizer_json
+from recfound_jax.tokenizer import TextTokenizer
 
 INSTRUCTION_STRIP = "\t\n :"
 USER = "<|user|>"
 EMBED = "<|embed|>"
 ASSISTANT = "<|assistant|>"
 IGNORE_INDEX = -100
-FORMAT_VERSION = 1  # bump when the token layout changes: it is part of the cache key
+FORMAT_VERSION = 1  # bump when the token layout changes: it is part of hf_tokenize's cache fingerprint
 CHUNK_ROWS = 4096
 
 Ids = list[int]
@@ -97,8 +90,9 @@ class TruncationStats:
 class Formatter:
     """Builds GritLM-format token ids from (instruction, text) pairs and (prompt, answer) turns."""
 
-    def __init__(self, tokenizer: TextTokenizer):
+    def __init__(self, tokenizer: TextTokenizer, num_threads: int = -1):
         self.tokenizer = tokenizer
+        self.num_threads = num_threads  # SentencePiece's batch encoder threads; -1: one per core
         self.bos_id = tokenizer.bos_id
         self.eos_id = tokenizer.eos_id
         newline = tokenizer.encode("\n")
@@ -123,7 +117,7 @@ class Formatter:
 
     def encode_after_newline(self, texts: Sequence[str]) -> list[Ids]:
         """Token ids of each text as it is tokenized right after a newline inside a longer string."""
-        encoded = self.tokenizer.encode_batch(["\n" + t for t in texts])
+        encoded = self.tokenizer.encode_batch(["\n" + t for t in texts], num_threads=self.num_threads)
         return [ids[self._skip:] for ids in encoded]
 
     def _encode_unique(self, texts: Sequence[str]) -> list[Ids]:
@@ -146,6 +140,21 @@ class Formatter:
             self._assemble_embedding(encoded[i] if instructions[i] else None, encoded[n + i], max_len, stats)
             for i in range(n)
         ]
+
+    def embedding_each(
+        self, pairs: Sequence[tuple[str, str]], max_lens: Sequence[int]
+    ) -> list[tuple[Ids, int, TruncationStats]]:
+        """(ids, prefix_len, stats) of each (instruction, text) at its own max_len: `embedding_many` with a
+        row's truncation counted on its own (a `datasets` map returns per-row columns)."""
+        instructions = [instr.strip(INSTRUCTION_STRIP) for instr, _ in pairs]
+        encoded = self._encode_unique(instructions + [text for _, text in pairs])
+        n, out = len(pairs), []
+        for i in range(n):
+            stats = TruncationStats()
+            ids, prefix_len = self._assemble_embedding(encoded[i] if instructions[i] else None, encoded[n + i],
+                                                       max_lens[i], stats)
+            out.append((ids, prefix_len, stats))
+        return out
 
     def format_embedding(
         self, instruction: str, text: str, max_len: int | None = None, stats: TruncationStats | None = None
@@ -204,6 +213,23 @@ class Formatter:
             pieces = [(encoded_prompts[k + j], encoded_answers[k + j]) for j in range(len(turns))]
             k += len(turns)
             out.append(self._assemble_generative(pieces, max_len, stats))
+        return out
+
+    def generative_each(
+        self, conversations: Sequence[Sequence[tuple[str, str]]], max_len: int
+    ) -> list[tuple[Ids, Ids, TruncationStats]]:
+        """(ids, labels, stats) of each conversation: `generative_many` with a row's truncation counted on its own."""
+        prompts = [p for turns in conversations for p, _ in turns]
+        answers = [a.strip() for turns in conversations for _, a in turns]
+        encoded_prompts = self._encode_unique(prompts)
+        encoded_answers = self._encode_unique(answers)
+        out, k = [], 0
+        for turns in conversations:
+            pieces = [(encoded_prompts[k + j], encoded_answers[k + j]) for j in range(len(turns))]
+            k += len(turns)
+            stats = TruncationStats()
+            ids, labels = self._assemble_generative(pieces, max_len, stats)
+            out.append((ids, labels, stats))
         return out
 
     def format_generative(
@@ -348,47 +374,6 @@ class TokenizedSplit:
     stats: dict[str, TruncationStats]  # per "query", "passage", "generative"
     report: records_lib.LoadReport | None = None
 
-    def save(self, path: str | Path) -> None:
-        """Write one .npz atomically (a temp file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "pad_id": self.pad_id,
-            "lengths": self.lengths,
-            "stats": {k: v.to_dict() for k, v in self.stats.items()},
-            "report": self.report.to_dict() if self.report is not None else None,
-        }
-        e, g = self.embedding, self.generative
-        arrays = {
-            "e_data": e.seqs.data, "e_offsets": e.seqs.offsets, "e_prefix_lens": e.prefix_lens,
-            "e_query": e.query, "e_pos_data": e.pos.data, "e_pos_offsets": e.pos.offsets,
-            "e_neg_data": e.neg.data, "e_neg_offsets": e.neg.offsets, "e_task_ids": e.task_ids,
-            "g_data": g.seqs.data, "g_offsets": g.seqs.offsets, "g_loss_mask": g.loss_mask,
-            "g_task_ids": g.task_ids, "meta": np.array(json.dumps(meta)),
-        }
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TokenizedSplit:
-        """Read what :meth:`save` wrote."""
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        meta = json.loads(str(a["meta"]))
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"{path}: cache format {meta['format_version']} != {FORMAT_VERSION}")
-        embedding = EmbeddingTable(
-            Ragged(a["e_data"], a["e_offsets"]), a["e_prefix_lens"], a["e_query"],
-            Ragged(a["e_pos_data"], a["e_pos_offsets"]), Ragged(a["e_neg_data"], a["e_neg_offsets"]),
-            a["e_task_ids"],
-        )
-        generative = GenerativeTable(Ragged(a["g_data"], a["g_offsets"]), a["g_loss_mask"], a["g_task_ids"])
-        report = records_lib.LoadReport.from_dict(meta["report"]) if meta["report"] else None
-        stats = {k: TruncationStats.from_dict(v) for k, v in meta["stats"].items()}
-        return cls(embedding, generative, meta["pad_id"], meta["lengths"], stats, report)
-
 
 def token_dtype(vocab_size: int) -> Any:
     """The smallest unsigned dtype that holds every token id (uint16 for Mistral's 32768)."""
@@ -467,67 +452,6 @@ def tokenize_records(
         stats=stats,
         report=report,
     )
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_key(files: Iterable[Path], tokenizer: TextTokenizer, settings: dict[str, Any]) -> str:
-    """A hash of the data files' bytes, the tokenizer file's bytes, the lengths and the load settings (and
-    for a tokenizer.json its bos/eos/pad ids, which come from the files next to it)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"format_version": FORMAT_VERSION, **settings}, sort_keys=True).encode())
-    h.update(_file_digest(Path(tokenizer.path)).encode())
-    if is_tokenizer_json(Path(tokenizer.path)):
-        h.update(f"special ids {tokenizer.bos_id} {tokenizer.eos_id} {tokenizer.pad_id}".encode())
-    for path in files:
-        h.update(path.name.encode() + b"\0" + _file_digest(path).encode())
-    return h.hexdigest()[:24]
-
-
-def tokenize_split(
-    data_dir: str | Path,
-    split: str,
-    tokenizer: TextTokenizer,
-    *,
-    query_max_len: int,
-    passage_max_len: int,
-    generative_max_len: int,
-    cache_dir: str | Path | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    tasks: Iterable[str | int] | None = None,
-    max_line_bytes: int = records_lib.DEFAULT_MAX_LINE_BYTES,
-    loaded: tuple[list[records_lib.Record], records_lib.LoadReport] | None = None,
-) -> TokenizedSplit:
-    """Load, validate, format and tokenize ``split`` once; with ``cache_dir``, reuse the cached tables.
-
-    The cache file is ``{cache_dir}/{split}-{key}.npz`` where the key hashes the data files, the
-    tokenizer file, the lengths and the load settings, so any change makes a new file. ``loaded``:
-    the split's rows and report from `records.load_split` with the same settings, when the caller has
-    validated them already.
-    """
-    tasks = None if tasks is None else sorted({get_task(t).id for t in tasks})
-    settings = {"split": split, "query": query_max_len, "passage": passage_max_len,
-                "generative": generative_max_len, "on_error": on_error, "tasks": tasks,
-                "max_line_bytes": max_line_bytes}
-    cache_path = None
-    if cache_dir is not None:
-        files = records_lib.split_files(data_dir, split)
-        cache_path = Path(cache_dir) / f"{split}-{cache_key(files, tokenizer, settings)}.npz"
-        if cache_path.is_file():
-            return TokenizedSplit.load(cache_path)
-    rows, report = loaded or records_lib.load_split(data_dir, split, on_error=on_error, tasks=tasks,
-                                                    max_line_bytes=max_line_bytes)
-    table = tokenize_records(rows, tokenizer, query_max_len=query_max_len, passage_max_len=passage_max_len,
-                             generative_max_len=generative_max_len, report=report)
-    if cache_path is not None:
-        table.save(cache_path)
-    return table
 
 
 _FORMATTERS: dict[int, Formatter] = {}

@@ -26,7 +26,7 @@ import collections
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,16 +63,21 @@ Pair = tuple[str, str]
 
 
 class RecordError(ValueError):
-    """A row that does not follow the schema; ``str(err)`` is ``file:line: field: reason``."""
+    """A row that does not follow the schema; ``str(err)`` is ``file:line: field: reason``.
 
-    def __init__(self, path: str, line_no: int, field: str, reason: str, detail: str, task: str | None = None):
+    Rows of a table (a parquet file, a split of a saved DatasetDict) have no lines: their ``unit`` is
+    ``"row "`` and ``line_no`` their 0-based index in that table (``file.parquet:row 12: ...``).
+    """
+
+    def __init__(self, path: str, line_no: int, field: str, reason: str, detail: str, task: str | None = None,
+                 unit: str = ""):
         self.path = path
         self.line_no = line_no
         self.field = field
         self.reason = reason
         self.detail = detail
         self.task = task
-        super().__init__(f"{path}:{line_no}: {field}: {reason}: {detail}")
+        super().__init__(f"{path}:{unit}{line_no}: {field}: {reason}: {detail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +173,14 @@ class LoadReport:
 class _Checker:
     """Raises RecordError with the row's location; holds the task name once it is known."""
 
-    def __init__(self, path: str, line_no: int):
+    def __init__(self, path: str, line_no: int, unit: str = ""):
         self.path = path
         self.line_no = line_no
+        self.unit = unit
         self.task: str | None = None
 
     def fail(self, field: str, reason: str, detail: str) -> RecordError:
-        return RecordError(self.path, self.line_no, field, reason, detail, self.task)
+        return RecordError(self.path, self.line_no, field, reason, detail, self.task, self.unit)
 
     def string(self, value: Any, field: str, *, nonempty: bool) -> str:
         if not isinstance(value, str):
@@ -248,6 +254,11 @@ def _parse(line: Any, path: str, line_no: int, max_line_bytes: int) -> tuple[Rec
         obj = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise check.fail("line", "invalid_json", str(e)[:200]) from None
+    return _parse_object(obj, check)
+
+
+def _parse_object(obj: Any, check: _Checker) -> tuple[Record, list[str]]:
+    """The record of one decoded row and the names of the unknown fields it ignored."""
     if not isinstance(obj, dict):
         raise check.fail("row", "not_object", f"expected a JSON object, got {_type_name(obj)}")
     task = _task_of(obj, check)
@@ -323,11 +334,21 @@ def parse_row(
     return record
 
 
+def parse_table_row(row: dict[str, Any], path: str, index: int) -> tuple[Record, list[str]]:
+    """Validate one row of a table (parquet, Arrow): its record and the unknown fields it ignored.
+
+    A table has a column for every field of any row, so a null stands for a field the row does not
+    have. Problems raise :class:`RecordError` located at ``path:row index``.
+    """
+    obj = {key: value for key, value in row.items() if value is not None}
+    return _parse_object(obj, _Checker(path, index, unit="row "))
+
+
 # ----------------------------------------------------------------------------- files
 
 
-def split_files(data_dir: str | Path, split: str) -> list[Path]:
-    """The JSONL files of ``split`` under ``data_dir`` (see the module docstring for the layouts)."""
+def split_files(data_dir: str | Path, split: str, suffix: str = ".jsonl") -> list[Path]:
+    """The files of ``split`` under ``data_dir`` that end in ``suffix`` (the module docstring's layouts)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data directory not found")
@@ -335,16 +356,16 @@ def split_files(data_dir: str | Path, split: str) -> list[Path]:
     for name in names:
         folder = data_dir / name
         if folder.is_dir():
-            files = sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+            files = sorted(p for p in folder.glob(f"*{suffix}") if p.is_file())
             if not files:
-                raise FileNotFoundError(f"{folder}: folder of split {split!r} holds no *.jsonl file")
+                raise FileNotFoundError(f"{folder}: folder of split {split!r} holds no *{suffix} file")
             return files
     found: set[Path] = set()
     for name in names:
-        for pattern in (f"{name}.jsonl", f"{name}*.jsonl", f"*_{name}.jsonl", f"*_{name}_*.jsonl"):
+        for pattern in (f"{name}{suffix}", f"{name}*{suffix}", f"*_{name}{suffix}", f"*_{name}_*{suffix}"):
             found.update(p for p in data_dir.glob(pattern) if p.is_file())
     if not found:
-        tried = ", ".join(f"{n}/*.jsonl, {n}*.jsonl, *_{n}.jsonl, *_{n}_*.jsonl" for n in names)
+        tried = ", ".join(f"{n}/*{suffix}, {n}*{suffix}, *_{n}{suffix}, *_{n}_*{suffix}" for n in names)
         raise FileNotFoundError(f"{data_dir}: no files for split {split!r} (looked for {tried})")
     return sorted(found)
 
@@ -374,6 +395,47 @@ def _task_filter(tasks: Iterable[str | int] | None) -> set[int] | None:
     return {tasks_lib.get_task(t).id for t in tasks}
 
 
+class RowCollector:
+    """Keeps a split's valid rows in order and counts the rest in a :class:`LoadReport`, whatever the rows
+    are read from: ``on_error="raise"`` re-raises a row's :class:`RecordError`, ``"skip"`` counts it."""
+
+    def __init__(self, split: str, files: Sequence[str], *, on_error: Literal["raise", "skip"] = "raise",
+                 tasks: Iterable[str | int] | None = None):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.wanted = _task_filter(tasks)
+        self.report = LoadReport(split=split, files=list(files))
+        self.records: list[Record] = []
+
+    def blank(self) -> None:
+        """Count a blank line (not an error)."""
+        self.report.lines += 1
+        self.report.blank_lines += 1
+
+    def add(self, parse: Callable[..., tuple[Record, list[str]]], *args: Any) -> None:
+        """Count one row: ``parse(*args)`` gives its record and ignored fields, or raises RecordError."""
+        self.report.lines += 1
+        try:
+            record, ignored = parse(*args)
+        except RecordError as err:
+            if self.on_error == "raise":
+                raise
+            self.report.add_error(err)
+            return
+        if self.wanted is not None and record.task_id not in self.wanted:
+            self.report.filtered_per_task[record.task] += 1
+            return
+        self.report.ignored_fields.update(ignored)
+        self.report.kept += 1
+        self.report.kept_per_task[record.task] += 1
+        self.records.append(record)
+
+
+def _too_long(path: Path, line_no: int, max_line_bytes: int) -> tuple[Record, list[str]]:
+    raise RecordError(str(path), line_no, "line", "line_too_long", f"more than max_line_bytes={max_line_bytes} bytes")
+
+
 def load_split(
     data_dir: str | Path,
     split: str,
@@ -382,38 +444,21 @@ def load_split(
     tasks: Iterable[str | int] | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> tuple[list[Record], LoadReport]:
-    """Read and validate every row of ``split``; keep only ``tasks`` when given (others are counted).
+    """Read and validate every JSONL row of ``split``; keep only ``tasks`` when given (others are counted).
 
     ``on_error="raise"`` stops at the first bad row with a :class:`RecordError`; ``"skip"`` skips it
     and counts it in the report. Blank lines are counted, not errors.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    wanted = _task_filter(tasks)
     files = split_files(data_dir, split)
-    report = LoadReport(split=split, files=[str(p) for p in files])
-    records: list[Record] = []
+    rows = RowCollector(split, [str(p) for p in files], on_error=on_error, tasks=tasks)
     for path in files:
         for line_no, raw in _read_lines(path, max_line_bytes):
-            report.lines += 1
             if raw is not None and not raw.strip():
-                report.blank_lines += 1
-                continue
-            try:
-                if raw is None:
-                    raise RecordError(str(path), line_no, "line", "line_too_long",
-                                      f"more than max_line_bytes={max_line_bytes} bytes")
-                record, ignored = _parse(raw, str(path), line_no, max_line_bytes)
-            except RecordError as err:
-                if on_error == "raise":
-                    raise
-                report.add_error(err)
-                continue
-            if wanted is not None and record.task_id not in wanted:
-                report.filtered_per_task[record.task] += 1
-                continue
-            report.ignored_fields.update(ignored)
-            report.kept += 1
-            report.kept_per_task[record.task] += 1
-            records.append(record)
-    return records, report
+                rows.blank()
+            elif raw is None:
+                rows.add(_too_long, path, line_no, max_line_bytes)
+            else:
+                rows.add(_parse, raw, str(path), line_no, max_line_bytes)
+    return rows.records, rows.report

@@ -1,6 +1,6 @@
 """Evaluate a model on the 13 tasks of a split (docs/method.md, "Evaluation").
 
-`evaluate(rf, data_dir)` reads the rows with `records.load_split` and scores every task:
+`evaluate(rf, data_dir)` reads the rows with `sources.load_split` (any form of data.dir) and scores every task:
 
 - generative tasks: greedy generation from each row's last prompt (``text[-2]``), scored against
   its last answer (``text[-1]``) with `metrics.score_task`;
@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recfound_jax.data import records as records_lib
+from recfound_jax.data import sources
 from recfound_jax.evaluate import metrics, retrieval
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.tasks import RELEASED_MAX_NEW_TOKENS, TASKS, Task, get_task
@@ -57,7 +58,7 @@ def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> 
 
 def load_task_rows(data_dir: str, split: str, tasks: Sequence[Task]) -> dict[str, list[records_lib.Record]]:
     """The rows of each task in the split, in file order."""
-    rows, _ = records_lib.load_split(data_dir, split, tasks=[t.name for t in tasks])
+    rows, _ = sources.load_split(data_dir, split, tasks=[t.name for t in tasks])
     by_task: dict[str, list[records_lib.Record]] = {t.name: [] for t in tasks}
     for row in rows:
         by_task[row.task].append(row)

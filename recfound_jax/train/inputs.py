@@ -10,7 +10,7 @@ from absl import logging
 
 from recfound_jax import config as config_lib
 from recfound_jax import recipes
-from recfound_jax.data import formatting, records
+from recfound_jax.data import formatting, hf_tokenize, sources
 from recfound_jax.demo import pretrain, synthetic
 from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import TextTokenizer, load_tokenizer
@@ -36,7 +36,7 @@ def resolve_base(c: ml_collections.ConfigDict, *, build: bool = True, progress: 
 
 
 def resolve_data(c: ml_collections.ConfigDict) -> Path:
-    """The dataset directory; "synthetic" generates it (once) under the cache."""
+    """The dataset directory (any form `data.sources` reads); "synthetic" generates it (once) under the cache."""
     if c.data.dir != "synthetic":
         return Path(c.data.dir).absolute()
     out = config_lib.synthetic_dir(c.data.synthetic_scale, c.data.synthetic_seed)
@@ -70,16 +70,17 @@ def total_steps(c: ml_collections.ConfigDict, train: formatting.TokenizedSplit) 
 
 def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
     """Find (or generate) the dataset and validate every row of train and valid, then build or find the
-    base, then tokenize both splits (cached): a bad row fails before any base is built."""
+    base, then tokenize both splits (``datasets``' cache under ``workdir/token_cache``): a bad row fails before
+    any base is built."""
     data = resolve_data(c)
-    loaded = {split: records.load_split(data, split, on_error=c.data.on_error) for split in ("train", "valid")}
+    loaded = {split: sources.load_split(data, split, on_error=c.data.on_error) for split in ("train", "valid")}
     base = resolve_base(c, progress=progress)
     tokenizer = load_tokenizer(rundir.tokenizer_path(base))
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len, cache_dir=workdir / "token_cache",
-                  on_error=c.data.on_error)
-    train = formatting.tokenize_split(data, "train", tokenizer, loaded=loaded["train"], **kwargs)
-    valid = formatting.tokenize_split(data, "valid", tokenizer, loaded=loaded["valid"], **kwargs)
+                  on_error=c.data.on_error, num_proc=c.data.num_proc, progress=progress)
+    train = hf_tokenize.tokenize_split(data, "train", tokenizer, loaded=loaded["train"], **kwargs)
+    valid = hf_tokenize.tokenize_split(data, "valid", tokenizer, loaded=loaded["valid"], **kwargs)
     for split in (train, valid):
         if split.report is not None and split.report.total_skipped:
             logging.warning("skipped bad data rows (data.on_error=skip):\n%s", split.report.summary())
