@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from recfound_jax import jsonio, parallel, recipes
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS, Task, get_task
 from recfound_jax.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -68,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_scale = 1
     c.data.synthetic_seed = 0
     c.data.on_error = "raise"  # or "skip": bad rows are skipped and counted per reason
+    # the tasks the run trains, evaluates and schedules: short names, comma-separated ("U2I,SR,I2I" for a
+    # dataset of `recfound_jax.data.from_logs`); empty: all 13. Rows of other tasks in data.dir are not read.
+    c.data.tasks = ""
     c.data.query_len = 72
     c.data.passage_len = 48
     c.data.generative_len = 176
@@ -196,7 +200,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check_tmole(c.tmole)
     _check_train(c.train)
     _check_s2sched(c.s2sched)
-    _check_probe_chunks(c.s2sched, c.train)
+    _check_tasks(c)
+    _check_probe_chunks(c.s2sched, c.train, *run_tasks(c))
     _check_mesh(c, device_count)
     _check_eval(c.eval)
 
@@ -228,6 +233,25 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
     else:
         _check(recipes.exists(m.base_recipe), "model.base_recipe",
                f"{m.base_recipe!r} is neither a shipped recipe ({', '.join(recipes.names())}) nor a file")
+
+
+def run_tasks(c: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], tuple[Task, ...]]:
+    """(embedding tasks, generative tasks) a run trains: data.tasks in registry order, or all 13."""
+    shorts = [s.strip() for s in c.data.tasks.split(",") if s.strip()] if c.data.tasks else []
+    chosen = {get_task(s).id for s in shorts}
+    pick = lambda tasks: tuple(t for t in tasks if not chosen or t.id in chosen)
+    return pick(EMBEDDING_TASKS), pick(GENERATIVE_TASKS)
+
+
+def _check_tasks(c: ml_collections.ConfigDict) -> None:
+    try:
+        embedding, generative = run_tasks(c)
+    except KeyError as err:
+        raise ConfigError(f"config.data.tasks: {err.args[0]}") from None
+    for tasks, kind in ((embedding, "embedding"), (generative, "generative")):
+        key = f"{kind}_batch"
+        _check(bool(tasks) or c.train[key] == 0, "data.tasks",
+               f"{c.data.tasks!r} has no {kind} task, so train.{key} must be 0 (it is {c.train[key]})")
 
 
 def _check_data(d: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
@@ -290,12 +314,13 @@ def _check_s2sched(s: ml_collections.ConfigDict) -> None:
     _check_bool(s.floor, "s2sched.floor")
 
 
-def _check_probe_chunks(s: ml_collections.ConfigDict, tr: ml_collections.ConfigDict) -> None:
+def _check_probe_chunks(s: ml_collections.ConfigDict, tr: ml_collections.ConfigDict,
+                        embedding: Sequence[Task], generative: Sequence[Task]) -> None:
     """The probe runs in the train step's chunks (a 7B probe does not fit in one forward), so they must
     divide its batches of probe_size rows of every task."""
     if not s.enabled:
         return
-    for chunk_key, tasks in (("gradcache_chunk", EMBEDDING_TASKS), ("generative_micro_batch", GENERATIVE_TASKS)):
+    for chunk_key, tasks in (("gradcache_chunk", embedding), ("generative_micro_batch", generative)):
         chunk, rows = tr[chunk_key], s.probe_size * len(tasks)
         _check(not 0 < chunk < rows or rows % chunk == 0, "s2sched.probe_size",
                f"{s.probe_size} x {len(tasks)} tasks = {rows} probe rows, not a multiple of train.{chunk_key}={chunk}")

@@ -5,6 +5,7 @@ import pytest
 
 from recfound_jax import config as config_lib
 from recfound_jax import recipes
+from recfound_jax.tasks import BY_SHORT
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = recipes.names()
@@ -106,3 +107,19 @@ def test_a_run_config_saved_before_a_key_existed_loads_with_its_default():
     assert c.train.steps == 300  # the saved values stay
     with pytest.raises(AttributeError):
         c.tmole.no_such_key = 1  # locked
+
+
+def test_data_tasks_names_a_bad_task_and_an_empty_branch():
+    c = recipes.load("demo")
+    c.data.tasks = "U2I,XYZ"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.tasks: unknown task 'XYZ'"):
+        config_lib.validate(c, device_count=1)
+    c.data.tasks = "SR,UP"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.tasks: 'SR,UP' has no embedding task, so "
+                                                     r"train\.embedding_batch must be 0"):
+        config_lib.validate(c, device_count=1)
+    c.train.embedding_batch = 0
+    config_lib.validate(c, device_count=1)
+    assert config_lib.run_tasks(c) == ((), (BY_SHORT["SR"], BY_SHORT["UP"]))
+    c.data.tasks = ""
+    assert [len(kind) for kind in config_lib.run_tasks(c)] == [3, 10]

@@ -13,7 +13,11 @@ from recfound_jax.data.formatting import input_text, options_of
 from recfound_jax.data.records import load_split
 from recfound_jax.demo import recbole_export
 from recfound_jax.demo import synthetic_world as sw
+from recfound_jax.evaluate import runner
+from recfound_jax.inference.recfound import RecFound
 from recfound_jax.tasks import BY_SHORT
+from recfound_jax.train.trainer import train
+from tests.train_fixtures import tiny_config, write_tiny_base
 
 # user -> (item, timestamp) in file order (not time order); u3 has two interactions only
 EVENTS = {
@@ -183,3 +187,24 @@ def test_the_synthetic_world_round_trips_through_recbole_files(tmp_path):
     out = from_logs.write_dataset(tmp_path / "out", tasks, report)
     records, _ = load_split(out, "train")
     assert (out / from_logs.MARKER).is_file() and len(records) == sum(report["rows"]["train"].values())
+
+
+def test_a_run_trains_and_evaluates_on_converted_logs(tmp_path, monkeypatch):
+    """The synthetic world's logs as RecBole files -> from_logs -> 3 tiny training steps on the 5 tasks the logs
+    give (data.tasks; S2Sched over them) -> every one of them scored on test, and no other task."""
+    monkeypatch.setenv("RECFOUND_CACHE", str(tmp_path / "cache"))
+    directory = recbole_export.write_recbole(sw.build_world(1, 0), tmp_path / "rb")
+    out = from_logs.write_dataset(tmp_path / "data", *from_logs.convert(logs.read_logs(directory, "recbole")))
+    shorts = ("U2I", "I2I", "SR", "UP", "IP")
+    c = tiny_config(write_tiny_base(tmp_path / "base"), data__dir=str(out), data__tasks=",".join(shorts),
+                    train__steps=3, s2sched__warmup_ratio=0.0, s2sched__update_every=1)
+    summary = train(c, tmp_path / "run", progress=False)
+    assert summary["completed"] and set(summary["probe_loss_final"]) == {BY_SHORT[s].name for s in shorts}
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    counts = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("count/")}
+    assert set(counts) == {BY_SHORT[s].name for s in shorts}
+    assert sum(counts[BY_SHORT[s].name] for s in ("U2I", "I2I")) == c.train.embedding_batch
+    rf = RecFound.from_run(tmp_path / "run")
+    metrics = runner.evaluate(rf, str(out), split="test", limit_per_task=4, progress=False)
+    assert set(metrics["tasks"]) == {BY_SHORT[s].name for s in shorts}
+    assert all(metrics["tasks"][BY_SHORT[s].name]["score"] is not None for s in ("U2I", "SR", "UP", "IP"))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from recfound_jax import config as config_lib
 from recfound_jax.data import records as records_lib
 from recfound_jax.data import sources
 from recfound_jax.evaluate import metrics, retrieval
@@ -209,9 +210,12 @@ def evaluate_embedding(
 # ---------------------------------------------------------------- all tasks
 
 
-def _select_tasks(tasks: Iterable[str | int] | None) -> list[Task]:
+def _select_tasks(tasks: Iterable[str | int] | None, config: Any = None) -> list[Task]:
+    """``tasks``, else the tasks the run trained (its data.tasks), else all 13, in id order."""
     if tasks is None:
-        return list(TASKS)
+        if config is None or not config.data.get("tasks"):
+            return list(TASKS)
+        return sorted((t for kind in config_lib.run_tasks(config) for t in kind), key=lambda t: t.id)
     return sorted({get_task(t) for t in tasks}, key=lambda t: t.id)
 
 
@@ -241,7 +245,7 @@ def evaluate(
     if embedding_stride < 1:
         raise ValueError(f"embedding_stride must be >= 1, got {embedding_stride}")
     budgets = generation_budgets(getattr(rf, "config", None), max_new_tokens)
-    selected = _select_tasks(tasks)
+    selected = _select_tasks(tasks, getattr(rf, "config", None))
     rows = load_task_rows(data_dir, split, selected)
     start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

@@ -73,12 +73,14 @@ def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool =
     base, then tokenize both splits (``datasets``' cache under ``workdir/token_cache``): a bad row fails before
     any base is built."""
     data = resolve_data(c)
-    loaded = {split: sources.load_split(data, split, on_error=c.data.on_error) for split in ("train", "valid")}
+    tasks = [t.id for kind in config_lib.run_tasks(c) for t in kind]  # rows of other tasks are counted, not kept
+    loaded = {split: sources.load_split(data, split, on_error=c.data.on_error, tasks=tasks)
+              for split in ("train", "valid")}
     base = resolve_base(c, progress=progress)
     tokenizer = load_tokenizer(rundir.tokenizer_path(base))
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len, cache_dir=workdir / "token_cache",
-                  on_error=c.data.on_error, num_proc=c.data.num_proc, progress=progress)
+                  on_error=c.data.on_error, tasks=tasks, num_proc=c.data.num_proc, progress=progress)
     train = hf_tokenize.tokenize_split(data, "train", tokenizer, loaded=loaded["train"], **kwargs)
     valid = hf_tokenize.tokenize_split(data, "valid", tokenizer, loaded=loaded["valid"], **kwargs)
     for split in (train, valid):

@@ -32,7 +32,7 @@ from recfound_jax.data import batching, formatting
 from recfound_jax.evaluate.runner import evaluate_subset
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import checkpoint, rundir
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, TASKS
+from recfound_jax.tasks import TASKS
 from recfound_jax.train import step as step_lib
 from recfound_jax.train.inputs import prepare_inputs, total_steps
 from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
@@ -60,35 +60,66 @@ def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
 
-def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit, step: int = -1) -> tuple[dict, dict]:
-    """``s2sched.probe_size`` validation samples of every task, with task_index: the fixed probe set, or with
+def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit,
+                  step: int = -1) -> tuple[dict | None, dict | None]:
+    """``s2sched.probe_size`` validation samples of every task the run trains (`config.run_tasks`), with
+    task_index (the task's position in its kind's list): the fixed probe set, or with
     ``s2sched.probe_sampling = "fresh"`` the draw of ``step`` (-1: before training), a function of the seed
     and the step only, so that a resumed run draws what the uninterrupted one drew. Batches are padded to
-    the data lengths: every probe has one shape."""
+    the data lengths: every probe has one shape. A kind without tasks gets None."""
     n = c.s2sched.probe_size
+    emb_tasks, gen_tasks = config_lib.run_tasks(c)
     seed = c.seed + 1 if c.s2sched.probe_sampling == "fixed" else _fresh_probe_seed(c.seed, step)
-    cfg = batching.BatchConfig.from_config(c, embedding_batch_size=n * len(EMBEDDING_TASKS),
-                                           generative_batch_size=n * len(GENERATIVE_TASKS), seed=seed)
-    for kind, table, tasks in (("embedding", valid.embedding, EMBEDDING_TASKS),
-                               ("generative", valid.generative, GENERATIVE_TASKS)):
+    cfg = batching.BatchConfig.from_config(c, embedding_batch_size=n * len(emb_tasks),
+                                           generative_batch_size=n * len(gen_tasks), seed=seed)
+    for kind, table, tasks in (("embedding", valid.embedding, emb_tasks), ("generative", valid.generative, gen_tasks)):
         missing = [t.name for t in tasks if not np.any(table.task_ids == t.id)]
         if missing:
             raise ValueError(f"the valid split has no {kind} rows of {', '.join(missing)}: S2Sched needs probes")
     batcher = batching.Batcher(valid, cfg)
-    emb, gen = batcher.next_batches([n] * len(EMBEDDING_TASKS), [n] * len(GENERATIVE_TASKS))
-    emb["task_index"] = emb["task_ids"].copy()
-    gen["task_index"] = gen["task_ids"] - len(EMBEDDING_TASKS)
-    return emb, gen
+    out = []
+    for tasks, draw in ((emb_tasks, batcher.embedding_batch), (gen_tasks, batcher.generative_batch)):
+        if not tasks:
+            out.append(None)
+            continue
+        batch = draw({t.id: n for t in tasks})
+        position = np.full(max(t.id for t in TASKS) + 1, -1, np.int32)
+        position[[t.id for t in tasks]] = np.arange(len(tasks))
+        batch["task_index"] = position[batch["task_ids"]]
+        out.append(batch)
+    return out[0], out[1]
 
 
 def _fresh_probe_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, 1, step + 1]).generate_state(1)[0])
 
 
-def _schedulers(c: ml_collections.ConfigDict, steps: int) -> tuple[S2Sched, S2Sched]:
+class _NoTasks:
+    """The scheduler of a branch the run has no task of (data.tasks): no counts, no probes, no state."""
+
+    def counts(self, step: int) -> np.ndarray:  # noqa: ARG002
+        return np.zeros(0, np.int64)
+
+    def ratios(self, step: int) -> np.ndarray:  # noqa: ARG002
+        return np.zeros(0)
+
+    def should_observe(self, step: int) -> bool:  # noqa: ARG002
+        return False
+
+    def set_normaliser(self, losses: np.ndarray) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _schedulers(c: ml_collections.ConfigDict, steps: int) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
     sched_cfg = S2SchedConfig.from_config(c.s2sched)
-    return (S2Sched(sched_cfg, [t.id for t in EMBEDDING_TASKS], c.train.embedding_batch, steps),
-            S2Sched(sched_cfg, [t.id for t in GENERATIVE_TASKS], c.train.generative_batch, steps))
+    return tuple(S2Sched(sched_cfg, [t.id for t in tasks], batch, steps) if tasks else _NoTasks()
+                 for tasks, batch in zip(config_lib.run_tasks(c), (c.train.embedding_batch, c.train.generative_batch)))
 
 
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -216,6 +247,7 @@ class Trainer:
         self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
             c, embedding_batch_size=c.train.embedding_batch, generative_batch_size=c.train.generative_batch,
             seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
+        self.emb_tasks, self.gen_tasks = config_lib.run_tasks(c)
         self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
         self.sched_emb, self.sched_gen = _schedulers(c, self.steps)
         self.key = jax.random.key(c.seed)
@@ -256,7 +288,7 @@ class Trainer:
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
                                   out_shardings=(state_sh, rep), donate_argnums=0)
         self.probe = jax.jit(parallel.under_mesh(step_lib.make_probe_fn(
-            self.parts, len(EMBEDDING_TASKS), len(GENERATIVE_TASKS), c.train.temperature, budget,
+            self.parts, len(self.emb_tasks), len(self.gen_tasks), c.train.temperature, budget,
             embedding_chunk=c.train.gradcache_chunk, generative_chunk=c.train.generative_micro_batch), self.mesh),
             out_shardings=rep)
 
@@ -371,8 +403,10 @@ class Trainer:
     def _one_step(self, step: int) -> tuple[dict[str, Any], bool]:
         c = self.config
         emb_counts, gen_counts = self.sched_emb.counts(step), self.sched_gen.counts(step)
-        emb_np = self.batcher.embedding_batch(emb_counts) if c.train.embedding_batch else None
-        gen_np = self.batcher.generative_batch(gen_counts) if c.train.generative_batch else None
+        by_task = lambda tasks, counts: {t.id: int(n) for t, n in zip(tasks, counts)}
+        emb_np = self.batcher.embedding_batch(by_task(self.emb_tasks, emb_counts)) if c.train.embedding_batch else None
+        gen_np = (self.batcher.generative_batch(by_task(self.gen_tasks, gen_counts)) if c.train.generative_batch
+                  else None)
         begin = time.perf_counter()
         self.state, metrics = self.train_step(self.state, self.parts.base, self._device_batch(emb_np, "emb"),
                                               self._device_batch(gen_np, "gen"), self.key)
@@ -391,15 +425,12 @@ class Trainer:
                 self.sched_emb.observe(step, emb_losses)
             if self.sched_gen.should_observe(step):
                 self.sched_gen.observe(step, gen_losses)
-            for task, value in zip(EMBEDDING_TASKS + GENERATIVE_TASKS, [*emb_losses, *gen_losses]):
+            for task, value in zip(self.emb_tasks + self.gen_tasks, [*emb_losses, *gen_losses]):
                 record[f"probe/{task.name}"] = float(value)
-        for task, n in zip(EMBEDDING_TASKS, emb_counts):
+        for task, n in zip(self.emb_tasks + self.gen_tasks, [*emb_counts, *gen_counts]):
             record[f"count/{task.name}"] = int(n)
-        for task, n in zip(GENERATIVE_TASKS, gen_counts):
-            record[f"count/{task.name}"] = int(n)
-        for task, r in zip(EMBEDDING_TASKS, self.sched_emb.ratios(step + 1)):
-            record[f"ratio/{task.name}"] = float(r)
-        for task, r in zip(GENERATIVE_TASKS, self.sched_gen.ratios(step + 1)):
+        ratios = [*self.sched_emb.ratios(step + 1), *self.sched_gen.ratios(step + 1)]
+        for task, r in zip(self.emb_tasks + self.gen_tasks, ratios):
             record[f"ratio/{task.name}"] = float(r)
         record["batch_digest"] = batch_digest(emb_np, gen_np)
         if c.eval.every and (step + 1) % c.eval.every == 0:
@@ -411,10 +442,9 @@ class Trainer:
         return record, bool(metrics["finite"])
 
     def _summary(self, step: int, last: dict, skipped: int, tokens: int, elapsed: float) -> dict[str, Any]:
-        final = dict(zip([t.name for t in EMBEDDING_TASKS + GENERATIVE_TASKS],
-                         [*np.concatenate(self._probe_losses())]))
-        initial = dict(zip([t.name for t in EMBEDDING_TASKS + GENERATIVE_TASKS],
-                           self.initial_probe["emb"] + self.initial_probe["gen"]))
+        names = [t.name for t in self.emb_tasks + self.gen_tasks]
+        final = dict(zip(names, [*np.concatenate(self._probe_losses())]))
+        initial = dict(zip(names, self.initial_probe["emb"] + self.initial_probe["gen"]))
         return {
             "steps": step, "total_steps": self.steps, "completed": step >= self.steps,
             "stopped_by_signal": self.stop_requested,
