@@ -9,7 +9,10 @@ before its normalizer and model run, whatever ``add_special_tokens`` says (that 
 the post-processor's BOS/EOS template); ``encode_special_tokens = True`` stops it for special tokens
 only. So the text is encoded with a copy of the file whose ``added_tokens`` list is empty: no added
 token is ever matched, and ``<s>``, ``[INST]``, ``<|begin_of_text|>`` or ``<|user|>`` in text are
-plain characters. The full file still decodes every id and names every piece (`piece_id`).
+plain characters. The copy has no post-processor either (without the template it adds no ids).
+`encode_with_offsets` gives each token's character offsets in the text too, which the GritLM formats
+need for a byte-level BPE (data/formatting_bpe.py). The full file still decodes every id and names
+every piece (`piece_id`).
 
 Special ids, in the order transformers 5 reads them (`PreTrainedTokenizerBase._from_pretrained`):
 ``bos_token``/``eos_token``/``pad_token`` of tokenizer_config.json; special_tokens_map.json overrides
@@ -92,7 +95,9 @@ class JsonTokenizer:
             raise FileNotFoundError(f"{self.path}: tokenizer file not found")
         spec = json.loads(self.path.read_text(encoding="utf-8"))
         self._full = tokenizers.Tokenizer.from_str(json.dumps(spec))
-        self._plain = tokenizers.Tokenizer.from_str(json.dumps({**spec, "added_tokens": []}))
+        # No post-processor either: without add_special_tokens it adds no ids, but a ByteLevel one with
+        # trim_offsets moves a token's start past its leading spaces, and encode_with_offsets needs true starts.
+        self._plain = tokenizers.Tokenizer.from_str(json.dumps({**spec, "added_tokens": [], "post_processor": None}))
         vocab = self._full.get_vocab(with_added_tokens=True)
         self._vocab_size = max(vocab.values()) + 1
         ids = special_token_ids(self.path.parent, vocab)
@@ -129,6 +134,15 @@ class JsonTokenizer:
         head = [self.bos_id] if add_bos else []
         tail = [self.eos_id] if add_eos else []
         return [head + encoding.ids + tail for encoding in batch]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of one text (no BOS/EOS) and each token's (start, end) character offsets in the text."""
+        encoding = self._plain.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
+    def encode_batch_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` of many texts at once."""
+        return [(e.ids, e.offsets) for e in self._plain.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         """Text of ids; bos/eos/pad are dropped unless ``skip_special`` is False (other ids are kept)."""

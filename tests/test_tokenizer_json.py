@@ -221,9 +221,9 @@ def test_a_byte_level_bpe_loads_round_trips_and_parses_no_special_tokens(llama3_
     assert js.decode([bos, *js.encode("hi"), eos], skip_special=False) == "<|begin_of_text|>hi<|eot_id|>"
 
 
-def test_the_formatter_refuses_a_byte_level_bpe(llama3_like):
-    with pytest.raises(ValueError, match="merges with the characters next to it"):
-        Formatter(load_tokenizer(llama3_like))
+def test_the_formatter_encodes_a_byte_level_bpe_as_whole_strings(llama3_like):
+    """Its pieces do not join into the whole string's tokens (tests/test_formatting_bpe.py checks the ids)."""
+    assert Formatter(load_tokenizer(llama3_like)).whole_string is not None
 
 
 def test_which_file_a_checkpoint_folder_uses(tmp_path, v3_dir):

@@ -20,11 +20,19 @@ In the Mistral SentencePiece model a newline is a byte-fallback token that no me
 tokens of the whole formatted string, and the prefix length is exact. The one place that is not a
 whole-string encoding is the text after an EOS id (``\\n<|user|>\\n`` of a later turn), which is
 encoded as if it followed a newline too (no lone word-boundary piece before the newline).
-The same holds for a tokenizer.json converted from such a model (tests/test_tokenizer_json.py). A
-byte-level BPE tokenizer (Llama 3, Qwen2.5) merges a newline with the characters before it ("|>\\n"), so
-`Formatter` refuses it instead of producing ids that differ from the whole string's.
+The same holds for a tokenizer.json converted from such a model (tests/test_tokenizer_json.py).
 
-Truncation (counted in :class:`TruncationStats`):
+Which way (`Formatter`, `pieces_join_exactly`): a tokenizer.json is checked on a few joins
+(`JOIN_PROBES`: a marker, ".", ":" and a blank line before a newline); if a merge crosses one, as in a
+byte-level BPE (Llama 3, Qwen2.5: "|>\\n", ".\\n" and "|>\\n\\n" are single pre-tokens), every call goes to
+`formatting_bpe.WholeStringFormatter`, which encodes each row (each turn, between BOS/EOS ids) as one
+string and takes the prefix length and the labels from the tokens' character offsets; a token that spans
+the boundary counts as prefix/prompt (``TruncationStats.boundary_tokens``). A SentencePiece model is
+checked on the marker alone, as it always was (so its ids and token caches are those of earlier
+versions), and refused if that fails: it gives no offsets.
+
+Truncation (counted in :class:`TruncationStats`; the whole-string path applies the same rules to the
+whole string's tokens, formatting_bpe.py says how):
 
 - embedding: cut the text's tail; if the prefix leaves no room for one text token, cut the
   instruction's tail (keeping ``<|user|>\\n``, ``\\n<|embed|>\\n`` and one text token), or, with no
@@ -42,71 +50,71 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from recfound_jax.data import records as records_lib
+from recfound_jax.data.format_rules import (
+    ASSISTANT,
+    EMBED,
+    IGNORE_INDEX,
+    INSTRUCTION_STRIP,
+    USER,
+    Ids,
+    TruncationStats,
+    cut_middle,
+    prompt_keep,
+    wrap_prompt,
+)
+from recfound_jax.data.formatting_bpe import WholeStringFormatter
 from recfound_jax.tokenizer import TextTokenizer
 
-INSTRUCTION_STRIP = "\t\n :"
-USER = "<|user|>"
-EMBED = "<|embed|>"
-ASSISTANT = "<|assistant|>"
-IGNORE_INDEX = -100
-FORMAT_VERSION = 1  # bump when the token layout changes: it is part of hf_tokenize's cache fingerprint
+FORMAT_VERSION = 2  # bump when the token layout or its stats change: part of hf_tokenize's cache fingerprint
 CHUNK_ROWS = 4096
 
-Ids = list[int]
+# (A, B): encode(A + "\n" + B) == encode(A) + [newline] + (B encoded after a newline) when no merge crosses a newline.
+# A SentencePiece tokenizer is checked on the first alone, as it always was: the demo vocabulary
+# (demo/vocabulary.py) has ".\n" and "\n\n" pieces and is formatted piece by piece all the same.
+JOIN_PROBES = ((USER, "x"), ("x.", "y"), ("x:", " y"), (EMBED, "\n y"))
 
 
-@dataclasses.dataclass
-class TruncationStats:
-    """How many rows were cut, and how."""
-
-    rows: int = 0
-    truncated: int = 0  # rows with any cut
-    text_cut: int = 0  # embedding: the text's tail
-    instruction_cut: int = 0  # embedding: the instruction cut or dropped
-    turns_dropped: int = 0  # generative: rows that lost earlier turns
-    prompt_cut: int = 0  # generative: the last prompt cut in its middle
-    answer_cut: int = 0  # generative: the last answer's tail
-    tokens_removed: int = 0
-
-    def merge(self, other: TruncationStats) -> None:
-        """Add ``other``'s counts to these."""
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, int]) -> TruncationStats:
-        return cls(**d)
+def pieces_join_exactly(tokenizer: TextTokenizer, probes: Sequence[tuple[str, str]] = JOIN_PROBES) -> bool:
+    """Whether a newline is a prefix-stable token that no merge crosses (on ``probes``), so the formats can be
+    encoded piece by piece (SentencePiece with byte fallback); False for a byte-level BPE, which merges "|>\\n"."""
+    newline = tokenizer.encode("\n")
+    if tokenizer.encode("\nx")[: len(newline)] != newline:
+        return False
+    after_newline = lambda text: tokenizer.encode("\n" + text)[len(newline):]
+    return all(tokenizer.encode(a + "\n" + b) == tokenizer.encode(a) + newline[-1:] + after_newline(b)
+               for a, b in probes)
 
 
 class Formatter:
-    """Builds GritLM-format token ids from (instruction, text) pairs and (prompt, answer) turns."""
+    """Builds GritLM-format token ids from (instruction, text) pairs and (prompt, answer) turns.
+
+    Piece by piece when `pieces_join_exactly`; otherwise (a byte-level BPE) every call goes to a
+    `formatting_bpe.WholeStringFormatter`, which encodes whole strings and needs the tokenizer's offsets
+    (a tokenizer.json has them; a SentencePiece model that fails the check is refused).
+    """
 
     def __init__(self, tokenizer: TextTokenizer, num_threads: int = -1):
         self.tokenizer = tokenizer
         self.num_threads = num_threads  # SentencePiece's batch encoder threads; -1: one per core
         self.bos_id = tokenizer.bos_id
         self.eos_id = tokenizer.eos_id
+        self.whole_string: WholeStringFormatter | None = None
+        if hasattr(tokenizer, "encode_batch_with_offsets") and not pieces_join_exactly(tokenizer):
+            self.whole_string = WholeStringFormatter(tokenizer)
+            return
+        if not pieces_join_exactly(tokenizer, JOIN_PROBES[:1]):
+            raise ValueError(f"{tokenizer.path}: '\\n' merges with the characters next to it, and this tokenizer "
+                             "gives no offsets to encode the GritLM formats as whole strings")
         newline = tokenizer.encode("\n")
         self.newline_id = newline[-1]
         self._skip = len(newline)  # the word-boundary piece SentencePiece puts first, then the newline
-        if tokenizer.encode("\nx")[: self._skip] != newline:
-            raise ValueError(f"{tokenizer.path}: '\\n' does not tokenize as a prefix-stable byte")
         nl = [self.newline_id]
-        # A byte-level BPE (Llama 3's, Qwen's) merges "|>\n" into one token: the markers encoded on their own
-        # would then not be the whole string's tokens, so refuse it rather than train on other ids.
-        if tokenizer.encode(USER + "\n") != tokenizer.encode(USER) + nl:
-            raise ValueError(f"{tokenizer.path}: '\\n' merges with the characters next to it, so the GritLM formats "
-                             "cannot be tokenized piece by piece (a SentencePiece-style tokenizer with byte fallback "
-                             "is needed)")
         self.user_first = tokenizer.encode(USER) + nl  # "<|user|>\n" right after BOS
         self.user_next = nl + self.encode_after_newline([USER])[0] + nl  # "\n<|user|>\n" after an EOS
         self.embed_after_instruction = nl + self.encode_after_newline([EMBED])[0] + nl  # "\n<|embed|>\n"
@@ -132,6 +140,8 @@ class Formatter:
         self, pairs: Sequence[tuple[str, str]], max_len: int | None = None, stats: TruncationStats | None = None
     ) -> list[tuple[Ids, int]]:
         """(ids, prefix_len) of each (instruction, text); ``ids[:prefix_len]`` is BOS and the prefix."""
+        if self.whole_string is not None:
+            return self.whole_string.embedding_many(pairs, max_len, stats)
         stats = stats if stats is not None else TruncationStats()
         instructions = [instr.strip(INSTRUCTION_STRIP) for instr, _ in pairs]
         encoded = self._encode_unique(instructions + [text for _, text in pairs])
@@ -146,6 +156,9 @@ class Formatter:
     ) -> list[tuple[Ids, int, TruncationStats]]:
         """(ids, prefix_len, stats) of each (instruction, text) at its own max_len: `embedding_many` with a
         row's truncation counted on its own (a `datasets` map returns per-row columns)."""
+        if self.whole_string is not None:
+            return [self._whole_string_row(self.whole_string.embedding_many, [pair], n)
+                    for pair, n in zip(pairs, max_lens)]
         instructions = [instr.strip(INSTRUCTION_STRIP) for instr, _ in pairs]
         encoded = self._encode_unique(instructions + [text for _, text in pairs])
         n, out = len(pairs), []
@@ -155,6 +168,13 @@ class Formatter:
                                                        max_lens[i], stats)
             out.append((ids, prefix_len, stats))
         return out
+
+    @staticmethod
+    def _whole_string_row(many: Callable, rows: list, max_len: int | None) -> tuple[Ids, Any, TruncationStats]:
+        """One row through a WholeStringFormatter's ``*_many``, with its own stats."""
+        stats = TruncationStats()
+        first, second = many(rows, max_len, stats)[0]
+        return first, second, stats
 
     def format_embedding(
         self, instruction: str, text: str, max_len: int | None = None, stats: TruncationStats | None = None
@@ -203,6 +223,8 @@ class Formatter:
         stats: TruncationStats | None = None,
     ) -> list[tuple[Ids, Ids]]:
         """(ids, labels) of each conversation of (prompt, answer) turns; labels are -100 off answers."""
+        if self.whole_string is not None:
+            return self.whole_string.generative_many(conversations, max_len, stats)
         stats = stats if stats is not None else TruncationStats()
         prompts = [p for turns in conversations for p, _ in turns]
         answers = [a.strip() for turns in conversations for _, a in turns]
@@ -219,6 +241,9 @@ class Formatter:
         self, conversations: Sequence[Sequence[tuple[str, str]]], max_len: int
     ) -> list[tuple[Ids, Ids, TruncationStats]]:
         """(ids, labels, stats) of each conversation: `generative_many` with a row's truncation counted on its own."""
+        if self.whole_string is not None:
+            return [self._whole_string_row(self.whole_string.generative_many, [turns], max_len)
+                    for turns in conversations]
         prompts = [p for turns in conversations for p, _ in turns]
         answers = [a.strip() for turns in conversations for _, a in turns]
         encoded_prompts = self._encode_unique(prompts)
@@ -278,15 +303,25 @@ class Formatter:
         room = len(prompt) + len(answer) - over  # tokens left for this prompt and answer (EOS included)
         if room < 1:
             raise ValueError(f"max_len={max_len} leaves no room for an answer token")
-        keep = min(len(prompt), max(room - len(answer), room // 2))
+        keep = prompt_keep(len(prompt), len(answer), room)
         if keep < len(prompt):
             stats.prompt_cut += 1
-            head = keep // 2
-            prompt = prompt[:head] + prompt[len(prompt) - (keep - head):]
+            prompt = cut_middle(prompt, keep)
         if room - keep < len(answer):
             stats.answer_cut += 1
             answer = answer[: room - keep]
         return kept[:-1] + [(prompt, answer)]
+
+    # ------------------------------------------------------------------ prompts for decoding
+
+    def generative_prompts(
+        self, prompts: Sequence[str], max_len: int | None = None, stats: TruncationStats | None = None
+    ) -> list[Ids]:
+        """Ids of ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` for each prompt, one too long cut in its middle."""
+        if self.whole_string is not None:
+            return self.whole_string.generative_prompts(prompts, max_len, stats)
+        return wrap_prompts(self._encode_unique(prompts), [self.bos_id] + self.user_first, self.assistant, max_len,
+                            stats)
 
 
 # ----------------------------------------------------------------------------- tokenized tables
@@ -483,28 +518,14 @@ def format_generative_prompts(tokenizer: TextTokenizer, prompts: Sequence[str], 
     A prompt longer than ``max_len`` allows is cut in its middle, as training cuts it (its head, the
     instruction, and its tail, the options and "Response:", stay).
     """
-    fmt = _formatter(tokenizer)
-    return wrap_prompts(fmt._encode_unique(prompts), [fmt.bos_id] + fmt.user_first, fmt.assistant, max_len, stats)
+    return _formatter(tokenizer).generative_prompts(prompts, max_len, stats)
 
 
 def wrap_prompts(prompts: Sequence[Ids], head: Ids, tail: Ids, max_len: int | None = None,
                  stats: TruncationStats | None = None) -> list[Ids]:
     """``head + prompt + tail`` for each encoded prompt, one too long for ``max_len`` cut in its middle."""
     stats = stats if stats is not None else TruncationStats()
-    out = []
-    for prompt in prompts:
-        stats.rows += 1
-        room = len(prompt) if max_len is None else max_len - len(head) - len(tail)
-        if room < 1:
-            raise ValueError(f"max_len={max_len} leaves no room for a prompt token")
-        if room < len(prompt):
-            stats.truncated += 1
-            stats.prompt_cut += 1
-            stats.tokens_removed += len(prompt) - room
-            half = room // 2
-            prompt = prompt[:half] + prompt[len(prompt) - (room - half):]
-        out.append(list(head) + prompt + list(tail))
-    return out
+    return [wrap_prompt(head, list(prompt), tail, max_len, stats) for prompt in prompts]
 
 
 def input_text(prompt: str) -> str:
