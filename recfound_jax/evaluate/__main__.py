@@ -1,6 +1,11 @@
 """python -m recfound_jax.evaluate --run RUN_DIR [--step N] [--split test] [--tasks QR,SA] [--base_only]
 [--prompt_format gritlm|mistral-instruct|llama3|qwen] [--limit N] [--max_new_tokens N | TASK=N,...]
 [--baseline NAME=path/to/metrics.json ...] [--out DIR]
+python -m recfound_jax.evaluate --base HF_DIR --data DATA_DIR --out DIR [--prompt_format llama3] [...]
+
+With --base, a bare HF checkpoint (Mistral, Llama or Qwen2, its own tokenizer) is scored zero-shot on
+--data, as the paper's "w/o finetuning" rows of other models (Llama-3-8B-Instruct with --prompt_format llama3,
+Qwen2.5-7B-Instruct with qwen).
 
 Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
 into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base_only; a split other than
@@ -30,11 +35,16 @@ from recfound_jax.runs import rundir
 from recfound_jax.tasks import GENERATIVE_TASKS, TASKS, get_task
 
 FLAGS = flags.FlagValues()
-_RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
+_RUN = flags.DEFINE_string("run", None, "the run directory", flag_values=FLAGS)
+_BASE = flags.DEFINE_string("base", None, "a bare HF checkpoint directory to score zero-shot instead of a run "
+                            "(needs --data and --out)", flag_values=FLAGS)
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ("float32", "bfloat16"), "with --base: the weights' and compute dtype",
+                           flag_values=FLAGS)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=FLAGS)
 _SPLIT = flags.DEFINE_string("split", "test", "data split to evaluate", flag_values=FLAGS)
 _DATA = flags.DEFINE_string("data", None, "dataset directory (default: the run's, from run.json)", flag_values=FLAGS)
-_TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA (default: all 13)",
+_TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA (default: the run's data.tasks, "
+                           "else all 13)",
                            flag_values=FLAGS)
 _BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model without adapters", flag_values=FLAGS)
 _PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "gritlm", PROMPT_FORMATS, "how generation prompts are wrapped: "
@@ -58,6 +68,13 @@ _OUT = flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=FLAGS)
 flags.register_validator("baseline", lambda specs: all("=" in spec for spec in specs),
                          "--baseline takes NAME=path/to/metrics.json", flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ["run", "base"], lambda f: (f["run"] is None) != (f["base"] is None),
+    message="give exactly one of --run RUN_DIR and --base HF_DIR", flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ["base", "data", "out"], lambda f: f["base"] is None or (f["data"] is not None and f["out"] is not None),
+    message="--base needs --data DATA_DIR and --out DIR (there is no run directory to take them from)",
+    flag_values=FLAGS)
 
 
 def parse_budgets(specs: Sequence[str] | None) -> dict[str, int] | None:
@@ -114,17 +131,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.parse(FLAGS, argv, __doc__)
     budgets = parse_budgets(_MAX_NEW_TOKENS.value)
     go_offline()
-    run_dir, split, base_only = Path(_RUN.value), _SPLIT.value, _BASE_ONLY.value
-    data_dir = _DATA.value or rundir.read_run_info(run_dir).get("data")
-    if not data_dir:
-        cli.usage_error(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
-    rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only, prompt_format=_PROMPT_FORMAT.value)
+    split = _SPLIT.value
+    if _BASE.value:
+        run_dir, base_only, data_dir = Path(_BASE.value), True, _DATA.value
+        rf = RecFound.from_base(run_dir, dtype=_DTYPE.value, prompt_format=_PROMPT_FORMAT.value)
+    else:
+        run_dir, base_only = Path(_RUN.value), _BASE_ONLY.value
+        data_dir = _DATA.value or rundir.read_run_info(run_dir).get("data")
+        if not data_dir:
+            cli.usage_error(f"{run_dir}/run.json names no dataset (an imported run?): pass --data DIR")
+        rf = RecFound.from_run(run_dir, _STEP.value, base_only=base_only, prompt_format=_PROMPT_FORMAT.value)
     metrics = runner.evaluate(rf, data_dir, split=split, tasks=_TASKS.value, limit_per_task=_LIMIT.value,
                               embedding_stride=_EMBEDDING_STRIDE.value, max_new_tokens=budgets,
                               progress=_PROGRESS.value, bertscore_model=_BERTSCORE_MODEL.value,
                               bertscore_layer=_BERTSCORE_LAYER.value)
-    name = _NAME.value or ("w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
-    metrics.update(run_dir=str(run_dir), base_only=base_only, model=name, prompt_format=rf.prompt_format)
+    name = _NAME.value or (f"{run_dir.name} (w/o finetuning)" if _BASE.value else
+                           "w/o finetuning" if base_only else f"{run_dir.name} (step {rf.step})")
+    metrics.update(run_dir=None if _BASE.value else str(run_dir), base=_BASE.value, base_only=base_only, model=name,
+                   prompt_format=rf.prompt_format)
     routing = task_routing(rf, base_only)
     if routing is not None:
         metrics["routing_similarity"] = plots.class_similarity(routing, [t.name for t in TASKS])
@@ -137,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = report.results_markdown(metrics, name=name, baselines=baselines, chance=chance,
                                        title=f"Evaluation of {run_dir} ({split})")
     (out / "results.md").write_text(markdown, encoding="utf-8")
-    write_plots(routing, run_dir, out)
+    if not _BASE.value:
+        write_plots(routing, run_dir, out)
     rows = [(name, metrics), *baselines] + ([("chance", chance)] if chance else [])
     print(report.generative_table(rows))
     print()

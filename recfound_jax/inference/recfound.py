@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from recfound_jax import config as config_lib
 from recfound_jax.data import formatting, prompt_formats
 from recfound_jax.inference import decoding
 from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, Task, get_task
-from recfound_jax.tokenizer import TextTokenizer
+from recfound_jax.tokenizer import TextTokenizer, load_tokenizer
 
 ROLES = ("query", "passage")
 
@@ -73,6 +74,18 @@ class RecFound:
         model, c, step = rundir.load_model(run_dir, step, mesh=mesh, with_adapters=not base_only)
         return cls(model, c, rundir.load_tokenizer(run_dir), step=step, run_dir=run_dir,
                    prompt_format=prompt_format)
+
+    @classmethod
+    def from_base(cls, base_dir: str | os.PathLike, *, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None,
+                  prompt_format: str = "gritlm") -> RecFound:
+        """A bare HF checkpoint (Mistral, Llama or Qwen2) with no adapters and its own tokenizer: a zero-shot
+        baseline such as Llama-3-8B-Instruct with ``prompt_format="llama3"``. ``dtype``: weights and compute."""
+        c = config_lib.base_config()
+        c.name = Path(base_dir).name
+        c.model.base = str(base_dir)
+        c.model.param_dtype = c.model.compute_dtype = dtype
+        model = rundir.build_model(c, Path(base_dir), mesh=mesh, with_adapters=False)
+        return cls(model, c, load_tokenizer(rundir.tokenizer_path(Path(base_dir))), prompt_format=prompt_format)
 
     # ------------------------------------------------------------------------------------ embedding
     @property
