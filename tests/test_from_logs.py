@@ -171,6 +171,9 @@ def test_cli_writes_the_released_layout_and_refuses_a_used_folder(tmp_path, caps
         f"{BY_SHORT[s].name}.jsonl" for s in ("U2I", "SR", "I2I"))
     records, _ = load_split(out, "valid")
     assert len(records) == report["rows"]["valid"]["Emb_user"] + report["rows"]["valid"]["Sequential_Recommendation"]
+    catalog = [json.loads(line) for line in (out / from_logs.CATALOG).read_text().splitlines()]
+    assert sorted(r["item"] for r in catalog) == sorted(ITEMS) and {r["text"] for r in catalog} == {
+        title for title, _ in ITEMS.values()}
     assert from_logs.main(["--format", "recbole", "--dir", str(directory), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
 
@@ -194,7 +197,8 @@ def test_a_run_trains_and_evaluates_on_converted_logs(tmp_path, monkeypatch):
     give (data.tasks; S2Sched over them) -> every one of them scored on test, and no other task."""
     monkeypatch.setenv("RECFOUND_CACHE", str(tmp_path / "cache"))
     directory = recbole_export.write_recbole(sw.build_world(1, 0), tmp_path / "rb")
-    out = from_logs.write_dataset(tmp_path / "data", *from_logs.convert(logs.read_logs(directory, "recbole")))
+    read = logs.read_logs(directory, "recbole")
+    out = from_logs.write_dataset(tmp_path / "data", *from_logs.convert(read), from_logs.item_catalog(read))
     shorts = ("U2I", "I2I", "SR", "UP", "IP")
     c = tiny_config(write_tiny_base(tmp_path / "base"), data__dir=str(out), data__tasks=",".join(shorts),
                     train__steps=3, s2sched__warmup_ratio=0.0, s2sched__update_every=1)
@@ -208,3 +212,5 @@ def test_a_run_trains_and_evaluates_on_converted_logs(tmp_path, monkeypatch):
     metrics = runner.evaluate(rf, str(out), split="test", limit_per_task=4, progress=False)
     assert set(metrics["tasks"]) == {BY_SHORT[s].name for s in shorts}
     assert all(metrics["tasks"][BY_SHORT[s].name]["score"] is not None for s in ("U2I", "SR", "UP", "IP"))
+    u2i = metrics["tasks"]["Emb_user"]  # ranked over every item of the shop, the user's history masked
+    assert u2i["catalog_size"] == 200 and u2i["catalog"]["history_masked"] and u2i["catalog"]["n"] == 4

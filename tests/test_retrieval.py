@@ -210,3 +210,33 @@ def test_catalog_metrics_match_numpy_reference():
         assert out[f"recall@{k}"] == pytest.approx(np.mean(recall), rel=1e-5)
         assert out[f"ndcg@{k}"] == pytest.approx(np.mean(ndcg), rel=1e-5)
     assert (out["n"], out["skipped"]) == (n, 0)
+
+
+def test_catalog_metrics_never_rank_an_excluded_item():
+    """A user's history masked as sequential recommendation's full ranking does: numpy with the excluded
+    items' scores at -inf; a relevant item listed as excluded still counts."""
+    rng = np.random.default_rng(7)
+    n, m, d = 24, 41, 8
+    queries = rng.normal(size=(n, d)).astype(np.float32)
+    catalog = rng.normal(size=(m, d)).astype(np.float32)
+    relevant = [rng.choice(m, size=rng.integers(1, 4), replace=False).tolist() for _ in range(n)]
+    scores_all = queries @ catalog.T
+    # even queries: every item scoring above their best relevant one masked (so they hit at rank 1); odd: random
+    above = [np.flatnonzero(scores_all[i] > scores_all[i, rel].max()).tolist() for i, rel in enumerate(relevant)]
+    exclude = [(above[i] if i % 2 == 0 else rng.choice(m, size=rng.integers(0, 7), replace=False).tolist()) + rel[:1]
+               for i, rel in enumerate(relevant)]
+    out = retrieval.catalog_metrics(queries, catalog, relevant, exclude=exclude, chunk_size=9, query_block=5)
+    for k in retrieval.CATALOG_KS:
+        recall, ndcg = [], []
+        for i, rel in enumerate(relevant):
+            scores = (queries[i] @ catalog.T).astype(np.float64)
+            scores[list(set(exclude[i]) - set(rel))] = -np.inf
+            order = np.argsort(-scores, kind="stable")
+            recall.append(len(set(order[:k]) & set(rel)) / len(rel))
+            mask = np.zeros(m, bool)
+            mask[rel] = True
+            ndcg.append(_np_ndcg(scores, mask, k))
+        assert out[f"recall@{k}"] == pytest.approx(np.mean(recall), rel=1e-5)
+        assert out[f"ndcg@{k}"] == pytest.approx(np.mean(ndcg), rel=1e-5)
+    unmasked = retrieval.catalog_metrics(queries, catalog, relevant, chunk_size=9, query_block=5)
+    assert out["recall@1"] > unmasked["recall@1"] and out["recall@1"] >= 0.5 / 3  # the even half hits at rank 1

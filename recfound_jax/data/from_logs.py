@@ -5,7 +5,8 @@
 DIR holds RecBole atomic files or plain CSV files (`recfound_jax.data.logs`). OUT gets
 ``{train,valid,test}/{task}.jsonl`` (what ``--config.data.dir=OUT`` trains and evaluates on),
 ``report.json`` (rows per split and task, rows that could not be built counted by reason, items unseen in
-train) and the marker ``COMPLETE``. The same logs and flags give byte-identical files.
+train), ``catalog.jsonl`` (every item with text: `evaluate` ranks U2I over all of it) and the marker
+``COMPLETE``. The same logs and flags give byte-identical files.
 
 - Splits: leave-one-out by time, RecBole's default for sequential recommendation. Each user's interactions
   are ordered by timestamp (ties in file order); the last is the test target, the one before it the valid
@@ -46,6 +47,7 @@ from recfound_jax.tasks import BY_SHORT
 SPLITS = ("train", "valid", "test")
 MARKER = "COMPLETE"
 REPORT = "report.json"
+CATALOG = "catalog.jsonl"  # every item with text, one {"item", "text"} a line: U2I's full-catalog ranking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +238,12 @@ def profile_rows(logs: logs_lib.Logs, catalog: Catalog, fields: logs_lib.Fields,
     return out
 
 
+def item_catalog(logs: logs_lib.Logs, fields: logs_lib.Fields = logs_lib.DEFAULT_FIELDS) -> dict[str, str]:
+    """Item id -> text of every item with text (`item_text`): the catalog U2I is ranked over."""
+    texts = {item: item_text(f, fields.title) for item, f in logs.items.items()}
+    return {item: text for item, text in texts.items() if text}
+
+
 def convert(logs: logs_lib.Logs, fields: logs_lib.Fields = logs_lib.DEFAULT_FIELDS,
             opts: Options = Options()) -> tuple[dict[str, dict[str, list]], dict]:
     """({short: {split: rows}}, report) of the logs."""
@@ -262,8 +270,10 @@ def convert(logs: logs_lib.Logs, fields: logs_lib.Fields = logs_lib.DEFAULT_FIEL
     return tasks, report
 
 
-def write_dataset(out: str | os.PathLike, tasks: dict[str, dict[str, list]], report: dict) -> Path:
-    """Write the converted rows and report into ``out`` atomically (it must not exist or be empty)."""
+def write_dataset(out: str | os.PathLike, tasks: dict[str, dict[str, list]], report: dict,
+                  catalog: dict[str, str] | None = None) -> Path:
+    """Write the converted rows, the report and the item catalog (item id -> text) into ``out`` atomically
+    (it must not exist or be empty)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another --out")
@@ -274,6 +284,8 @@ def write_dataset(out: str | os.PathLike, tasks: dict[str, dict[str, list]], rep
             for short, rows in tasks.items():
                 jsonio.write_jsonl(tmp / split / f"{BY_SHORT[short].name}.jsonl", rows[split])
         jsonio.write_json(tmp / REPORT, report)
+        items = sorted((catalog or {}).items())
+        jsonio.write_jsonl(tmp / CATALOG, ({"item": item, "text": text} for item, text in items))
         (tmp / MARKER).write_text("1\n", encoding="utf-8")
 
     return build_dir_atomically(out, build, marker=MARKER)
@@ -313,8 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields = logs_lib.Fields(**{name: flag.value for name, flag in _FIELD_FLAGS.items()})
         opts = Options(source=_SOURCE.value or Path(_DIR.value).absolute().name,
                        **{name: flag.value for name, flag in _OPTION_FLAGS.items()})
-        tasks, report = convert(logs_lib.read_logs(_DIR.value, _FORMAT.value, fields), fields, opts)
-        out = write_dataset(_OUT.value, tasks, report)
+        logs = logs_lib.read_logs(_DIR.value, _FORMAT.value, fields)
+        tasks, report = convert(logs, fields, opts)
+        out = write_dataset(_OUT.value, tasks, report, item_catalog(logs, fields))
         counts = ", ".join(f"{name} {n}" for name, n in report["rows"]["train"].items())
         return f"wrote {out} ({report['users']} users, {report['items']} items; train rows: {counts}); see {REPORT}"
 

@@ -267,15 +267,17 @@ def catalog_metrics(
     relevant: Sequence[Sequence[int]],
     *,
     ks: Sequence[int] = CATALOG_KS,
+    exclude: Sequence[Sequence[int]] | None = None,
     chunk_size: int = 8192,
     query_block: int = 1024,
 ) -> dict[str, Any]:
     """Recall@k and NDCG@k (binary) of exact retrieval over the whole catalog, for each k in ks.
 
     relevant[i] lists the catalog indices relevant to query i (duplicates are counted once).
-    Recall@k = |top-k ∩ relevant| / |relevant|; NDCG@k as `ndcg_at_k`. Queries with no relevant
-    item are left out of the means and counted in ``skipped``. Returns the means under
-    "recall@k" / "ndcg@k", plus ``n`` and ``skipped``.
+    exclude[i] lists indices query i never ranks (a user's history, as sequential recommendation's full
+    ranking masks it); a relevant index is never excluded. Recall@k = |top-k ∩ relevant| / |relevant|;
+    NDCG@k as `ndcg_at_k`. Queries with no relevant item are left out of the means and counted in
+    ``skipped``. Returns the means under "recall@k" / "ndcg@k", plus ``n`` and ``skipped``.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
     m = len(catalog)
@@ -290,10 +292,19 @@ def catalog_metrics(
     if not kept:
         result.update({f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg")})
         return result
-    _, top_ids = exact_top_k(
-        np.asarray(queries)[kept], catalog, min(ks[-1], m),
+    masked = [sorted(set(int(j) for j in exclude[i]) - set(rel_sets[i])) if exclude else [] for i in kept]
+    depth = min(ks[-1], m)
+    _, fetched = exact_top_k(
+        np.asarray(queries)[kept], catalog, min(depth + max(map(len, masked), default=0), m),
         chunk_size=chunk_size, query_block=query_block,
     )
+    # each query's excluded indices dropped, its best ``depth`` others kept in score order (-2 pads a query
+    # left with fewer: it matches no item and not the -1 padding of ``rel``)
+    top_ids = np.full((len(kept), depth), -2, np.int32)
+    for row, (ids, drop) in enumerate(zip(fetched, masked)):
+        ranked = ids[~np.isin(ids, drop)][:depth]
+        top_ids[row, :len(ranked)] = ranked
+    m = depth
     width = max(len(rel_sets[i]) for i in kept)
     rel = np.full((len(kept), width), -1, dtype=np.int32)
     for row, i in enumerate(kept):

@@ -15,16 +15,18 @@ The result holds, per task, the paper's headline metric under ``"score"`` and th
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from recfound_jax import config as config_lib
+from recfound_jax.data import from_logs, sources
 from recfound_jax.data import records as records_lib
-from recfound_jax.data import sources
 from recfound_jax.evaluate import metrics, retrieval
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.tasks import RELEASED_MAX_NEW_TOKENS, TASKS, Task, get_task
@@ -159,14 +161,33 @@ def _sampled_metric(task: Task, rows: Sequence[records_lib.EmbeddingRecord],
     return result
 
 
-def _catalog_metric(queries: Sequence[records_lib.EmbeddingRecord], query_emb: np.ndarray,
-                    passages: Passages) -> dict[str, Any]:
-    """Exact Recall@k / NDCG@k over every distinct passage text; the relevant items are the positives."""
-    texts = list(passages.first)
+def read_catalog(data_dir: str | Path) -> list[str]:
+    """The item texts of ``data_dir/catalog.jsonl`` (one ``{"item", "text"}`` a line, as
+    `recfound_jax.data.from_logs` writes it), or [] when the dataset has none."""
+    path = Path(data_dir) / from_logs.CATALOG
+    if not path.is_file():
+        return []
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _catalog_metric(rf: Any, task: Task, queries: Sequence[records_lib.EmbeddingRecord], query_emb: np.ndarray,
+                    passages: Passages, extra_texts: Sequence[str], batch_size: int) -> dict[str, Any]:
+    """Exact Recall@k / NDCG@k over every distinct passage text and ``extra_texts`` (the dataset's whole
+    catalog); the relevant items are the positives. U2I queries never rank the items of their own history
+    (the query's lines), as sequential recommendation's full ranking masks a user's history."""
+    texts = _distinct([*passages.first, *extra_texts])
+    new = texts[len(passages.first):]
+    catalog = passages.of_texts(list(passages.first))
+    if new:
+        instruction = passages.pairs[0][0] if passages.pairs else ""
+        catalog = np.concatenate([catalog, np.asarray(rf.embed_pairs([(instruction, t) for t in new], task=task.name,
+                                                                     role="passage", batch_size=batch_size))])
     position = {text: i for i, text in enumerate(texts)}
     relevant = [[position[text] for _, text in row.pos] for row in queries]
-    result = retrieval.catalog_metrics(query_emb, passages.of_texts(texts), relevant)
-    result["catalog_size"] = len(texts)
+    exclude = ([[position[line] for line in row.query[1].split("\n") if line in position] for row in queries]
+               if task.short == "U2I" else None)
+    result = retrieval.catalog_metrics(query_emb, catalog, relevant, exclude=exclude)
+    result.update(catalog_size=len(texts), history_masked=exclude is not None)
     return result
 
 
@@ -178,6 +199,7 @@ def evaluate_embedding(
     embedding_stride: int = 1,
     limit: int | None = None,
     batch_size: int = 64,
+    catalog_texts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The sampled metric (MRR@20 or NDCG@20) of every ``embedding_stride``-th row (the first
     ``limit`` of them) and the full-catalog Recall@k / NDCG@k of the same queries.
@@ -186,14 +208,15 @@ def evaluate_embedding(
     them is embedded once. The candidate pool of the sampled protocol is every distinct
     (text, source) among those passages (embedded with the first instruction it came with); a query
     never draws its own positives, nor (I2I) an item with its own text, as a negative. The catalog
-    is every distinct passage text; a query's relevant items are its positives.
+    is every distinct passage text and ``catalog_texts`` (U2I: the dataset's `read_catalog`); a query's
+    relevant items are its positives, and a U2I query does not rank its own history.
     """
     queries = list(rows[::embedding_stride][:limit])
     passages = Passages.embed(rf, task, rows, batch_size)
     query_emb = np.asarray(rf.embed_pairs([row.query for row in queries], task=task.name, role="query",
                                           batch_size=batch_size))
     sampled = _sampled_metric(task, rows, queries, query_emb, passages)
-    catalog = _catalog_metric(queries, query_emb, passages)
+    catalog = _catalog_metric(rf, task, queries, query_emb, passages, catalog_texts, batch_size)
     return {
         "task": task.name,
         "task_metric": task.metric,
@@ -257,7 +280,8 @@ def evaluate(
             result: dict[str, Any] = {"task": task.name, "task_metric": task.metric, "score": None, "n": 0}
         elif task.is_embedding:
             result = evaluate_embedding(rf, task, rows[task.name], embedding_stride=embedding_stride,
-                                        limit=limit_per_task)
+                                        limit=limit_per_task,
+                                        catalog_texts=read_catalog(data_dir) if task.short == "U2I" else ())
         else:
             result = evaluate_generative(rf, task, rows[task.name][:limit_per_task],
                                          max_new_tokens=budgets[task.short], bertscore_model=bertscore_model,
