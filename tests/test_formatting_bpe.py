@@ -7,21 +7,18 @@ token texts (as GritLM's trainer writes them) and the boundaries taken from its 
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
-import tokenizers
 import transformers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from recfound_jax.data import formatting, hf_tokenize
 from recfound_jax.data.formatting import IGNORE_INDEX, Formatter, TruncationStats
 from recfound_jax.demo import synthetic
 from recfound_jax.tokenizer import load_tokenizer
 from recfound_jax.tokenizer_json import JsonTokenizer
-from tests.test_tokenizer_json import LLAMA3_SPLIT
+from tests.bpe_fixtures import byte_level_bpe, write_tokenizer
 
 BOS, EOS = "<|begin_of_text|>", "<|eot_id|>"
 WORDS = ["shoe", " red", "  ", "\n", "\t", "é", "日本", "🙂", "The", " Quick", "<|", "|>", ".", ":", "\u00a0",
@@ -64,17 +61,8 @@ def bpe_path(tmp_path_factory) -> Path:
     for _ in range(400):
         corpus.append(_embedding_head(_instruction(rng)) + _text(rng))
         corpus.append(_turn_text(rng.randint(0, 1), _random_text(rng) + "\n\n### Response:", _answer(rng)))
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=[BOS, "<|end_of_text|>", EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    folder = tmp_path_factory.mktemp("bpe")
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS,
-                                                              "added_tokens_decoder": {}}))
+    tok = byte_level_bpe(corpus, [BOS, "<|end_of_text|>", EOS], 900)
+    folder = write_tokenizer(tmp_path_factory.mktemp("bpe"), tok, bos_token=BOS, eos_token=EOS, added_tokens_decoder={})
     return folder / "tokenizer.json"
 
 

@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
-import tokenizers
 import torch
 import transformers
 from flax import nnx
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import recfound_jax
 from recfound_jax import jsonio
@@ -25,8 +23,8 @@ from recfound_jax.inference.decoding import GreedyGenerator
 from recfound_jax.model.mistral import rope_frequencies
 from recfound_jax.model.tmole import TMoLEConfig
 from recfound_jax.tasks import get_task
+from tests.bpe_fixtures import LLAMA3_SPECIALS, QWEN_SPECIALS, byte_level_bpe, write_tokenizer
 from tests.hf_reference import hf_logits, tiny_hf_llama, tiny_hf_qwen2
-from tests.test_tokenizer_json import LLAMA3_SPLIT
 
 # original_max_position_embeddings=16 puts every wavelength above 4 tokens in the scaled or blended band.
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -241,19 +239,11 @@ def test_a_zero_shot_baseline_runs_through_evaluate_base(tmp_path, family, promp
     format scores a generative and an embedding task (the paper's "w/o finetuning" rows of other models)."""
     data = tmp_path / "data"
     synthetic.ensure_dataset(data)
-    specials = (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-                if family == "llama" else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(synthetic.pretraining_corpus(data), trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    specials = LLAMA3_SPECIALS if family == "llama" else QWEN_SPECIALS
     base = tmp_path / family
-    build = tiny_hf_llama if family == "llama" else tiny_hf_qwen2
-    build(base, vocab=512)
-    tok.save(str(base / "tokenizer.json"))
-    (base / "tokenizer_config.json").write_text(json.dumps({"bos_token": specials[0], "eos_token": specials[-1]}))
+    (tiny_hf_llama if family == "llama" else tiny_hf_qwen2)(base, vocab=512)
+    write_tokenizer(base, byte_level_bpe(synthetic.pretraining_corpus(data), specials, 500),
+                    bos_token=specials[0], eos_token=specials[-1])
     out = tmp_path / "eval"
     argv = ["--base", str(base), "--data", str(data), "--out", str(out), "--prompt_format", prompt_format,
             "--tasks", "SA,Q2I", "--limit", "3", "--max_new_tokens", "3", "--progress=false"]

@@ -2,20 +2,17 @@
 one-message chat with the v3 tokenizer; long prompts are cut in the middle; other vocabularies refuse it."""
 from __future__ import annotations
 
-import json
-
 import pytest
-import tokenizers
 import transformers
 from mistral_common.protocol.instruct.messages import UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from recfound_jax.data import formatting, instructions
 from recfound_jax.data.prompt_formats import prompt_ids
 from recfound_jax.demo import synthetic, vocabulary
 from recfound_jax.tokenizer import Tokenizer, load_tokenizer
+from tests.bpe_fixtures import LLAMA3_SPECIALS, QWEN_SPECIALS, byte_level_bpe, write_tokenizer
 
 PROMPTS = [
     instructions.alpaca("Given the user's review, identify the user's sentiment from the listed options.",
@@ -69,27 +66,15 @@ QWEN_TEMPLATE = (
     "(message.role == 'system' and not loop.first) %}{{- '<|im_start|>' + message.role + '\n' + message.content + "
     "'<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
     "{%- endif %}")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-CHAT_SPECIALS = {"llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                            "<|eot_id|>"],
-                 "qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+CHAT_SPECIALS = {"llama3": LLAMA3_SPECIALS, "qwen": QWEN_SPECIALS}
 
 
 @pytest.fixture(scope="module", params=["llama3", "qwen"])
 def chat_checkpoint(request, tmp_path_factory):
     """(format, folder with a byte-level BPE tokenizer.json trained here, with the model's special tokens)."""
     specials = CHAT_SPECIALS[request.param]
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([*PROMPTS, "system user assistant You are Qwen, created by Alibaba Cloud."] * 5, trainer)
-    folder = tmp_path_factory.mktemp(request.param)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": specials[0], "eos_token": specials[-1]}))
+    tok = byte_level_bpe([*PROMPTS, "system user assistant You are Qwen, created by Alibaba Cloud."] * 5, specials, 600)
+    folder = write_tokenizer(tmp_path_factory.mktemp(request.param), tok, bos_token=specials[0], eos_token=specials[-1])
     return request.param, folder
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from recfound_jax import jsonio
 from recfound_jax.convert import export
@@ -29,6 +29,7 @@ from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
 from recfound_jax.tokenizer import JsonTokenizer, Tokenizer, default_tokenizer_path, load_tokenizer
 from recfound_jax.tokenizer_json import special_token_ids
+from tests.bpe_fixtures import byte_level_bpe, write_tokenizer
 
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # SentencePiece piece types
 
@@ -78,19 +79,11 @@ def sentencepiece_to_tokenizer_json(model: Path, *, metaspace: bool = False) -> 
     return tok
 
 
-def _write_checkpoint_tokenizer(folder: Path, tok: tokenizers.Tokenizer, **config) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    if config:
-        (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def v3_dir(tmp_path_factory) -> Path:
     """A checkpoint folder with only a tokenizer.json of the v3 model and Mistral's tokenizer_config.json."""
     tok = sentencepiece_to_tokenizer_json(default_tokenizer_path())
-    return _write_checkpoint_tokenizer(tmp_path_factory.mktemp("v3json"), tok, bos_token="<s>", eos_token="</s>",
+    return write_tokenizer(tmp_path_factory.mktemp("v3json"), tok, bos_token="<s>", eos_token="</s>",
                                        unk_token="<unk>", pad_token=None, added_tokens_decoder={})
 
 
@@ -157,7 +150,7 @@ def test_a_metaspace_file_differs_only_on_a_leading_space(tmp_path, both):
     that starts with a space; every string the formats encode starts with "<|" or "\\n", so the formats agree."""
     sp, _ = both
     tok = sentencepiece_to_tokenizer_json(default_tokenizer_path(), metaspace=True)
-    js = load_tokenizer(_write_checkpoint_tokenizer(tmp_path, tok, bos_token="<s>", eos_token="</s>"))
+    js = load_tokenizer(write_tokenizer(tmp_path, tok, bos_token="<s>", eos_token="</s>"))
     assert [t for t in TEXTS if js.encode(t) != sp.encode(t)] == []
     assert js.encode("  leading") != sp.encode("  leading")
     rng = random.Random(1)
@@ -169,7 +162,7 @@ def test_a_metaspace_file_differs_only_on_a_leading_space(tmp_path, both):
 
 def test_special_ids_come_from_the_checkpoint(tmp_path, both):
     tok = sentencepiece_to_tokenizer_json(default_tokenizer_path())
-    folder = _write_checkpoint_tokenizer(tmp_path / "a", tok, bos_token={"content": "[INST]", "special": True},
+    folder = write_tokenizer(tmp_path / "a", tok, bos_token={"content": "[INST]", "special": True},
                                          eos_token="[/INST]", pad_token="<unk>")
     js = load_tokenizer(folder)
     assert (js.bos_id, js.eos_id, js.pad_id) == (3, 4, 0)
@@ -187,25 +180,16 @@ def test_special_ids_come_from_the_checkpoint(tmp_path, both):
     with pytest.raises(ValueError, match="bos_token '<nope>' is not in"):
         special_token_ids(folder, vocab)
     with pytest.raises(ValueError, match="no bos token"):
-        load_tokenizer(_write_checkpoint_tokenizer(tmp_path / "b", tok))
+        load_tokenizer(write_tokenizer(tmp_path / "b", tok))
 
-
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's pre-tokenizer pattern
 
 
 @pytest.fixture(scope="module")
 def llama3_like(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer.json trained here on a few strings, with Llama-3-style special tokens."""
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), "isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXTS * 3 + ["the user bought running shoes", "商品 🙂"], trainer)
-    return _write_checkpoint_tokenizer(tmp_path_factory.mktemp("llama3"), tok, bos_token="<|begin_of_text|>",
+    tok = byte_level_bpe(TEXTS * 3 + ["the user bought running shoes", "商品 🙂"],
+                         ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], 400)
+    return write_tokenizer(tmp_path_factory.mktemp("llama3"), tok, bos_token="<|begin_of_text|>",
                                        eos_token="<|eot_id|>", added_tokens_decoder={})
 
 

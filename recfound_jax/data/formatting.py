@@ -142,17 +142,10 @@ class Formatter:
         """(ids, prefix_len) of each (instruction, text); ``ids[:prefix_len]`` is BOS and the prefix."""
         if self.whole_string is not None:
             return self.whole_string.embedding_many(pairs, max_len, stats)
-        stats = stats if stats is not None else TruncationStats()
-        instructions = [instr.strip(INSTRUCTION_STRIP) for instr, _ in pairs]
-        encoded = self._encode_unique(instructions + [text for _, text in pairs])
-        n = len(pairs)
-        return [
-            self._assemble_embedding(encoded[i] if instructions[i] else None, encoded[n + i], max_len, stats)
-            for i in range(n)
-        ]
+        return self._merged(self.embedding_each(pairs, [max_len] * len(pairs)), stats)
 
     def embedding_each(
-        self, pairs: Sequence[tuple[str, str]], max_lens: Sequence[int]
+        self, pairs: Sequence[tuple[str, str]], max_lens: Sequence[int | None]
     ) -> list[tuple[Ids, int, TruncationStats]]:
         """(ids, prefix_len, stats) of each (instruction, text) at its own max_len: `embedding_many` with a
         row's truncation counted on its own (a `datasets` map returns per-row columns)."""
@@ -168,6 +161,14 @@ class Formatter:
                                                        max_lens[i], stats)
             out.append((ids, prefix_len, stats))
         return out
+
+    @staticmethod
+    def _merged(rows: list[tuple[Ids, Any, TruncationStats]], stats: TruncationStats | None) -> list[tuple[Ids, Any]]:
+        """The rows of an ``*_each`` call with their truncation counts added into ``stats``."""
+        stats = stats if stats is not None else TruncationStats()
+        for _, _, row_stats in rows:
+            stats.merge(row_stats)
+        return [(first, second) for first, second, _ in rows]
 
     @staticmethod
     def _whole_string_row(many: Callable, rows: list, max_len: int | None) -> tuple[Ids, Any, TruncationStats]:
@@ -225,20 +226,10 @@ class Formatter:
         """(ids, labels) of each conversation of (prompt, answer) turns; labels are -100 off answers."""
         if self.whole_string is not None:
             return self.whole_string.generative_many(conversations, max_len, stats)
-        stats = stats if stats is not None else TruncationStats()
-        prompts = [p for turns in conversations for p, _ in turns]
-        answers = [a.strip() for turns in conversations for _, a in turns]
-        encoded_prompts = self._encode_unique(prompts)
-        encoded_answers = self._encode_unique(answers)
-        out, k = [], 0
-        for turns in conversations:
-            pieces = [(encoded_prompts[k + j], encoded_answers[k + j]) for j in range(len(turns))]
-            k += len(turns)
-            out.append(self._assemble_generative(pieces, max_len, stats))
-        return out
+        return self._merged(self.generative_each(conversations, max_len), stats)
 
     def generative_each(
-        self, conversations: Sequence[Sequence[tuple[str, str]]], max_len: int
+        self, conversations: Sequence[Sequence[tuple[str, str]]], max_len: int | None
     ) -> list[tuple[Ids, Ids, TruncationStats]]:
         """(ids, labels, stats) of each conversation: `generative_many` with a row's truncation counted on its own."""
         if self.whole_string is not None:
