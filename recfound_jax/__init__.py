@@ -2,7 +2,9 @@
 
 The public names load on first use (PEP 562). ``python -m recfound_jax.<command>`` imports this package
 first, while ``sys.argv[0]`` is still "-m" (runpy's placeholder while it finds the module): that is where every
-command re-executes itself with huge pages (`cli.restart_with_hugepages`), before it has imported JAX.
+command switches the hub libraries offline (`offline.go_offline`: huggingface_hub reads the variables when it
+is imported, and ``datasets`` imports it with the data modules) and re-executes itself with huge pages
+(`cli.restart_with_hugepages`), before it has imported JAX.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if sys.argv[:1] == ["-m"]:
     from recfound_jax.cli import restart_with_hugepages
+    from recfound_jax.offline import go_offline
 
+    go_offline()
     restart_with_hugepages()
 
 if TYPE_CHECKING:
