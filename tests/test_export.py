@@ -197,3 +197,14 @@ def test_cli_writes_every_task_as_an_adapter(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         export.main(["--run", str(run_dir), "--task", "PM", "--all_tasks", "--out", str(tmp_path / "x")])
     assert exited.value.code == 2 and "exactly one of --task NAME and --all_tasks" in capsys.readouterr().err
+
+
+def test_the_readmes_name_the_checkpoints_own_classes():
+    """A Llama or Qwen2 run's export README loads the family's transformers classes, not Mistral's."""
+    task = get_task(EMBEDDING)
+    folded = export.readme_text(task, Path("/runs/r"), STEP, "tiny", "float32", architecture="Qwen2ForCausalLM")
+    adapter = export.peft_readme_text(task, Path("/runs/r"), STEP, "tiny", Path("/base"), 16,
+                                      architecture="LlamaForCausalLM")
+    assert "transformers `Qwen2ForCausalLM`" in folded and "transformers.Qwen2Model.from_pretrained" in folded
+    assert "transformers.LlamaForCausalLM.from_pretrained" in adapter and "transformers.LlamaModel" in adapter
+    assert "Mistral" not in folded.replace("Mistral v3", "")

@@ -24,7 +24,7 @@ from absl import flags
 
 from recfound_jax import cli, jsonio
 from recfound_jax.convert import peft_adapter
-from recfound_jax.convert.hf import save_hf
+from recfound_jax.convert.hf import FAMILIES, save_hf
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import TASKS, Task, get_task
@@ -81,8 +81,9 @@ tokens). `{prompt}` is the task's full instruction text as in the RecFound data 
 """
 
 
-def _embedding_section() -> str:
+def _embedding_section(architecture: str = "MistralForCausalLM") -> str:
     strip = repr(INSTRUCTION_STRIP)
+    base_class = architecture.removesuffix("ForCausalLM") + "Model"
     return f"""## Input format (embedding task)
 
 Token ids: BOS (id 1), then the SentencePiece encoding of the plain text
@@ -93,14 +94,14 @@ that is, `<s><|user|>\\n{{instruction}}\\n<|embed|>\\n{{text}}` with `<s>` as th
 The instruction is stripped of the characters {strip} at both ends; with an empty instruction the
 input is `<s><|embed|>\\n{{text}}`. `<|user|>` and `<|embed|>` are ordinary text.
 
-The embedding is the mean of the final hidden states (after the final RMSNorm: `MistralModel`'s
+The embedding is the mean of the final hidden states (after the final RMSNorm: `{base_class}`'s
 `last_hidden_state`) over the **text tokens only**: leave out BOS and every token up to and
 including the newline after `<|embed|>` (the prefix has 1 + len(encode(prefix string)) tokens,
 since the newline is a byte token that no merge crosses), then L2-normalise. Compare embeddings by
 cosine similarity (a dot product of the normalised vectors).
 
 **Attention must be bidirectional.** The model was trained to embed with every token attending to
-every real token of its input, but HF `MistralModel` / `MistralForCausalLM` build a causal mask.
+every real token of its input, but HF `{base_class}` / `{architecture}` build a causal mask.
 Pass a prepared 4D additive mask instead of the usual 2D one: shape [batch, 1, T, T], 0.0 where the
 key position is a real token and `torch.finfo(dtype).min` where it is padding (transformers 5 uses a
 4D mask as given, with the eager and sdpa attention; checked against recfound_jax with transformers
@@ -111,7 +112,7 @@ what the model was trained on.
 import sentencepiece as spm, torch, transformers
 
 sp = spm.SentencePieceProcessor(model_file="tokenizer.model")
-model = transformers.MistralModel.from_pretrained(".").eval()  # this folder
+model = transformers.{base_class}.from_pretrained(".").eval()  # this folder
 instruction, text = "...", "..."
 instruction = instruction.strip({strip})
 prefix = f"<|user|>\\n{{instruction}}\\n<|embed|>\\n" if instruction else "<|embed|>\\n"
@@ -126,19 +127,21 @@ embedding = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
 
 
 def readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, dtype: str,
-                tokenizer_file: str = TOKENIZER) -> str:
-    """The README.md of a folded export: the task, where it came from, and how to feed the model."""
+                tokenizer_file: str = TOKENIZER, architecture: str = "MistralForCausalLM") -> str:
+    """The README.md of a folded export: the task, where it came from, and how to feed the model
+    (``architecture``: the checkpoint's transformers class)."""
     kind = "embedding" if task.is_embedding else "generative"
-    section = _embedding_section() if task.is_embedding else _generative_section()
+    section = _embedding_section(architecture) if task.is_embedding else _generative_section()
+    family = architecture.removesuffix("ForCausalLM")
     files = _tokenizer_files(tokenizer_file)
     return f"""# RecFound task export: {task.name} ({task.short}, {kind})
 
-A plain Mistral checkpoint for one RecFound task: the task's mixture of LoRA experts (TMoLE) is folded
+A plain {family} checkpoint for one RecFound task: the task's mixture of LoRA experts (TMoLE) is folded
 into the q, k, v and o weights of every layer (W0 + (alpha / r) * sum_j gate_j B_j A_j with the task's
 gate), so it runs with no adapter code.
 
 {_provenance(task, run_dir, step, config_name)}- weights dtype: {dtype}
-- files: config.json and *.safetensors (transformers `MistralForCausalLM`), {files}, this README
+- files: config.json and *.safetensors (transformers `{architecture}`), {files}, this README
 
 {_tokenizer_text(tokenizer_file)}
 
@@ -154,9 +157,10 @@ def _provenance(task: Task, run_dir: Path, step: int | None, config_name: str) -
 
 
 def peft_readme_text(task: Task, run_dir: Path, step: int | None, config_name: str, base: Path, rank: int,
-                     tokenizer_file: str = TOKENIZER) -> str:
-    """The README.md of a PEFT adapter export: the task, the base it adapts, serving, the input format."""
-    section = _embedding_section() if task.is_embedding else _generative_section()
+                     tokenizer_file: str = TOKENIZER, architecture: str = "MistralForCausalLM") -> str:
+    """The README.md of a PEFT adapter export: the task, the base it adapts (a transformers ``architecture``),
+    serving, the input format."""
+    section = _embedding_section(architecture) if task.is_embedding else _generative_section()
     return f"""# RecFound task adapter: {task.name} ({task.short}) as a PEFT LoRA
 
 The task's mixture of LoRA experts (TMoLE) on q, k, v and o as one standard LoRA of rank {rank}: the
@@ -168,7 +172,7 @@ experts the task routes to, stacked, with the task's gates and alpha / r folded 
 
 ```python
 import peft, transformers
-base = transformers.MistralForCausalLM.from_pretrained("{base}")
+base = transformers.{architecture}.from_pretrained("{base}")
 model = peft.PeftModel.from_pretrained(base, ".")  # this folder
 ```
 
@@ -211,14 +215,16 @@ def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: st
     model, config, step = rundir.load_model(run_dir, step)
     base = rundir.checked_base(run_dir)
     tokenizer_file = exported_tokenizer_name(Path(tokenizer))
+    architecture = FAMILIES[model.config.family].architecture
     for task, target in zip(resolved, targets):
         if peft:
             peft_adapter.save_peft_adapter(model, task, target, str(base))
             rank = jsonio.read_json(target / peft_adapter.CONFIG_FILE)["r"]
-            text = peft_readme_text(task, run_dir, step, config.name, base, rank, tokenizer_file)
+            text = peft_readme_text(task, run_dir, step, config.name, base, rank, tokenizer_file, architecture)
         else:
             save_hf(model, target, task=task.name)
-            text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype), tokenizer_file)
+            text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype), tokenizer_file,
+                               architecture)
         copy_tokenizer(Path(tokenizer), target)
         (target / README).write_text(text, encoding="utf-8")
     return targets
