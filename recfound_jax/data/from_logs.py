@@ -83,7 +83,7 @@ def item_text(fields: dict[str, str], title_field: str) -> str:
 
 def build_catalog(logs: logs_lib.Logs, fields: logs_lib.Fields, opts: Options, skipped: Counter) -> Catalog:
     """Texts of the items the logs use, and the sequences of users with enough interactions."""
-    text = {item: item_text(f, fields.title) for item, f in logs.items.items()}
+    text = item_catalog(logs, fields)
     category = {item: f[fields.category] for item, f in logs.items.items() if fields.category in f}
     by_user: dict[str, list[logs_lib.Interaction]] = {}
     for event in logs.interactions:

@@ -32,7 +32,7 @@ from recfound_jax.data import batching, formatting
 from recfound_jax.evaluate.runner import evaluate_subset
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import checkpoint, rundir
-from recfound_jax.tasks import TASKS
+from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
 from recfound_jax.train import step as step_lib
 from recfound_jax.train.inputs import prepare_inputs, total_steps
 from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
@@ -83,7 +83,7 @@ def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit
             out.append(None)
             continue
         batch = draw({t.id: n for t in tasks})
-        position = np.full(max(t.id for t in TASKS) + 1, -1, np.int32)
+        position = np.full(TASK_TABLE_SIZE, -1, np.int32)
         position[[t.id for t in tasks]] = np.arange(len(tasks))
         batch["task_index"] = position[batch["task_ids"]]
         out.append(batch)
