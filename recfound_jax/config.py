@@ -20,7 +20,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from recfound_jax import jsonio, parallel, recipes
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS, Task, get_task
+from recfound_jax import tasks as tasks_lib
+from recfound_jax.tasks import GENERATIVE_TASKS, RELEASED_MAX_NEW_TOKENS, Task, TaskTable
 from recfound_jax.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -39,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "run"
     c.seed = 0
+    # tasks beyond the released 13, each a dict of name, short, kind ("embedding" or "generative"), metric
+    # (recfound_jax.tasks.METRICS), and for a generative task max_new_tokens (and classes for macro_f1); they
+    # get ids 14, 15, ... in this order, and rows of their own in the task-embedding table (docs/your_logs.md)
+    c.added_tasks = ()
 
     c.model = ml_collections.ConfigDict()
     c.model.base = "demo"  # a HF Mistral directory, or "demo": the tiny base built by recfound_jax.demo.pretrain
@@ -70,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_seed = 0
     c.data.on_error = "raise"  # or "skip": bad rows are skipped and counted per reason
     # the tasks the run trains, evaluates and schedules: short names, comma-separated ("U2I,SR,I2I" for a
-    # dataset of `recfound_jax.data.from_logs`); empty: all 13. Rows of other tasks in data.dir are not read.
+    # dataset of `recfound_jax.data.from_logs`); empty: every task of the table (the 13 and added_tasks).
+    # Rows of other tasks in data.dir are not read.
     c.data.tasks = ""
     c.data.query_len = 72
     c.data.passage_len = 48
@@ -117,6 +123,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.subset = 20  # rows per task in that subset
     # each generative task's budget of new tokens in `python -m recfound_jax.evaluate` (the released ones)
     c.eval.max_new_tokens = ml_collections.ConfigDict(dict(RELEASED_MAX_NEW_TOKENS))
+
+    # `python -m recfound_jax.train --config CFG --extend RUN_DIR`: train the tasks CFG adds (added_tasks
+    # beyond the run's) on top of the trained run (recfound_jax/train/extend.py, docs/your_logs.md)
+    c.extend = ml_collections.ConfigDict()
+    # "frozen": only the new tasks' rows of the task-embedding table (and extend.new_experts) train, so the
+    # old tasks' outputs stay bit-identical; "replay": every adapter trains, on the new tasks and a share
+    # (extend.replay_fraction) of the old tasks' train rows, scheduled by S2Sched
+    c.extend.mode = "frozen"
+    c.extend.init = "mean"  # a new task's row: "mean" of its kind's trained rows, or "random" (xavier normal)
+    c.extend.new_experts = 0  # experts of the new tasks' kind added to every adapted projection, for them only
+    c.extend.replay_fraction = 0.25  # replay: the share of each old task's train rows kept
     return c
 
 
@@ -204,6 +221,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check_probe_chunks(c.s2sched, c.train, *run_tasks(c))
     _check_mesh(c, device_count)
     _check_eval(c.eval)
+    _check_extend(c.extend)
 
 
 def section_defaults(section: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -235,15 +253,34 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
                f"{m.base_recipe!r} is neither a shipped recipe ({', '.join(recipes.names())}) nor a file")
 
 
+def task_table(c: ml_collections.ConfigDict) -> TaskTable:
+    """The run's task table: the released 13, then ``added_tasks`` (ids 14, 15, ...)."""
+    return tasks_lib.RELEASED.extended([dict(spec) for spec in c.get("added_tasks", ())])
+
+
 def run_tasks(c: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], tuple[Task, ...]]:
-    """(embedding tasks, generative tasks) a run trains: data.tasks in registry order, or all 13."""
+    """(embedding tasks, generative tasks) a run trains: data.tasks in id order, or every task of the table."""
+    table = task_table(c)
     shorts = [s.strip() for s in c.data.tasks.split(",") if s.strip()] if c.data.tasks else []
-    chosen = {get_task(s).id for s in shorts}
+    chosen = {table.get(s).id for s in shorts}
     pick = lambda tasks: tuple(t for t in tasks if not chosen or t.id in chosen)
-    return pick(EMBEDDING_TASKS), pick(GENERATIVE_TASKS)
+    return pick(table.embedding), pick(table.generative)
+
+
+def generation_budgets(c: ml_collections.ConfigDict) -> dict[str, int]:
+    """Each generative task's budget of new tokens: its table entry's, then the run's eval.max_new_tokens."""
+    budgets = task_table(c).max_new_tokens()
+    budgets.update({k: v for k, v in c.eval.max_new_tokens.items() if k in budgets})
+    return budgets
 
 
 def _check_tasks(c: ml_collections.ConfigDict) -> None:
+    _check(isinstance(c.added_tasks, (tuple, list)) and all(isinstance(s, dict) for s in c.added_tasks),
+           "added_tasks", f"must be a sequence of dicts, got {c.added_tasks!r}")
+    try:
+        task_table(c)
+    except tasks_lib.TaskSpecError as err:
+        raise ConfigError(f"config.added_tasks{err}") from None
     try:
         embedding, generative = run_tasks(c)
     except KeyError as err:
@@ -331,6 +368,17 @@ def _check_eval(e: ml_collections.ConfigDict) -> None:
     _check(e.subset >= 1, "eval.subset", f"must be >= 1, got {e.subset}")
     for short, budget in e.max_new_tokens.items():
         _check(budget >= 1, f"eval.max_new_tokens.{short}", f"must be >= 1, got {budget}")
+
+
+EXTEND_MODES = ("frozen", "replay")
+EXTEND_INITS = ("mean", "random")
+
+
+def _check_extend(x: ml_collections.ConfigDict) -> None:
+    _check(x.mode in EXTEND_MODES, "extend.mode", f"{x.mode!r} not in {EXTEND_MODES}")
+    _check(x.init in EXTEND_INITS, "extend.init", f"{x.init!r} not in {EXTEND_INITS}")
+    _check(x.new_experts >= 0, "extend.new_experts", f"must be >= 0, got {x.new_experts}")
+    _check(0.0 < x.replay_fraction <= 1.0, "extend.replay_fraction", f"must be in (0, 1], got {x.replay_fraction}")
 
 
 def _check_mesh(c: ml_collections.ConfigDict, device_count: int | None) -> None:

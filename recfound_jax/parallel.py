@@ -35,10 +35,10 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^layers/(q|k|v|gate|up)$", (None, "tensor", "fsdp")),
     (r"^layers/(o|down)$", (None, "fsdp", "tensor")),
     (r"^layers/(q|k|v)_bias$", (None, "tensor")),
-    (r"^adapters/banks/(q|k|v)/a$", (None, None, "fsdp", None)),
-    (r"^adapters/banks/(q|k|v)/b$", (None, None, None, "tensor")),
-    (r"^adapters/banks/o/a$", (None, None, "tensor", None)),
-    (r"^adapters/banks/o/b$", (None, None, None, "fsdp")),
+    (r"^adapters/(added_)?banks/(q|k|v)/a$", (None, None, "fsdp", None)),
+    (r"^adapters/(added_)?banks/(q|k|v)/b$", (None, None, None, "tensor")),
+    (r"^adapters/(added_)?banks/o/a$", (None, None, "tensor", None)),
+    (r"^adapters/(added_)?banks/o/b$", (None, None, None, "fsdp")),
     (r"^adapters/", ()),  # routers and the task embedding: replicated
 )
 

@@ -139,7 +139,7 @@ def tokenized_splits(c: ml_collections.ConfigDict) -> tuple[formatting.Tokenized
 
 def random_model_parts(c: ml_collections.ConfigDict) -> step_lib.ModelParts:
     """A random Mistral of the demo base's shape with the run's TMoLE adapters, split for the step."""
-    model = Mistral(pretrain.model_config(config_lib.demo_base_config()), tmole=TMoLEConfig.from_config(c.tmole),
+    model = Mistral(pretrain.model_config(config_lib.demo_base_config()), tmole=TMoLEConfig.for_run(c),
                     param_dtype=jnp.dtype(c.model.param_dtype), dtype=jnp.dtype(c.model.compute_dtype),
                     remat=c.model.remat, attention_impl=c.model.attention, rngs=nnx.Rngs(c.seed))
     return step_lib.ModelParts.of(model)

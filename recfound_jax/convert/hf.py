@@ -24,7 +24,7 @@ from recfound_jax.convert import hf_llama, hf_mistral, hf_qwen2
 from recfound_jax.convert import safetensors_io as st
 from recfound_jax.model.mistral import Mistral, MistralConfig
 from recfound_jax.model.tmole import TMoLE, TMoLEConfig, folded_delta
-from recfound_jax.tasks import get_task
+from recfound_jax.tasks import Task, get_task
 
 # Stacked weight kind -> HF tensor name template (one tensor per layer).
 LAYER_KEYS = {
@@ -180,16 +180,17 @@ def _init_adapters(cfg: MistralConfig, tmole: TMoLEConfig, seed: int, mesh: Mesh
     return adapters
 
 
-def folded_weights(model: Mistral, task: str | int) -> dict[str, jax.Array]:
-    """Base q/k/v/o weights [L, out, in] with ``task``'s gated bank folded in: W0 + ΔW_t (float32 sum)."""
+def folded_weights(model: Mistral, task: str | int | Task) -> dict[str, jax.Array]:
+    """Base q/k/v/o weights [L, out, in] with ``task``'s gated experts folded in: W0 + ΔW_t (float32 sum).
+    ``task``: a Task of the run's table, or a released task's name, short name or id."""
     if model.adapters is None:
         raise ValueError("this model has no adapters to fold")
-    resolved = get_task(task)
-    gates = model.adapters.gates(jnp.array([resolved.id]), "encoding" if resolved.is_embedding else "generation")
+    resolved = task if isinstance(task, Task) else get_task(task)
+    experts = model.adapters.task_experts(resolved.id, "encoding" if resolved.is_embedding else "generation")
     scale = model.adapters.cfg.scale
     out = {}
-    for name, bank in model.adapters.banks.items():
-        delta = folded_delta(bank.a[...], bank.b[...], gates[name][:, 0], scale)  # [L, in, out]
+    for name, (gate, a, b) in experts.items():
+        delta = folded_delta(a, b, gate, scale)  # [L, in, out]
         base = getattr(model.layers, name)[...]
         out[name] = (base.astype(jnp.float32) + jnp.swapaxes(delta, 1, 2)).astype(base.dtype)
     return out
@@ -199,7 +200,7 @@ def save_hf(
     model: Mistral,
     path: str | os.PathLike,
     *,
-    task: str | int | None = None,
+    task: str | int | Task | None = None,
     max_shard_bytes: int = 4 * 2**30,
 ) -> Path:
     """Write config.json and safetensors that transformers' class of the model's family

@@ -32,22 +32,17 @@ TENSOR_NAME = "base_model.model.model.layers.{i}.self_attn.{target}_proj.lora_{a
 
 
 def task_lora(model: Mistral, task: Task) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{target: (lora_A [L, rank, d_in], lora_B [L, d_out, rank])} (float32) of ``task``'s gated bank."""
+    """{target: (lora_A [L, rank, d_in], lora_B [L, d_out, rank])} (float32) of ``task``'s gated experts."""
     adapters = model.adapters
     if adapters is None:
         raise ValueError("this model has no adapters to export")
-    cfg = adapters.cfg
-    path = "encoding" if task.is_embedding else "generation"
-    gates = adapters.gates(np.array([task.id]), path)
-    used = cfg.allowed_experts(path)[task.id] if cfg.enabled else np.ones((1,), bool)
     out = {}
-    for target, bank in adapters.banks.items():
-        a = np.asarray(jax.device_get(bank.a[...]), np.float32)[:, used]  # [L, n, d_in, r]
-        b = np.asarray(jax.device_get(bank.b[...]), np.float32)[:, used]  # [L, n, r, d_out]
-        g = np.asarray(jax.device_get(gates[target]), np.float32)[:, 0, used]  # [L, n]
+    experts = adapters.task_experts(task.id, "encoding" if task.is_embedding else "generation")
+    for target, (gate, a, b) in experts.items():
+        a, b, g = (np.asarray(jax.device_get(x), np.float32) for x in (a, b, gate))  # [L, n, d_in, r], [L, n, r, d_out]
         layers, n, d_in, r = a.shape
         lora_a = a.transpose(0, 1, 3, 2).reshape(layers, n * r, d_in)
-        lora_b = (b * (cfg.scale * g)[:, :, None, None]).reshape(layers, n * r, -1).transpose(0, 2, 1)
+        lora_b = (b * (adapters.cfg.scale * g)[:, :, None, None]).reshape(layers, n * r, -1).transpose(0, 2, 1)
         out[target] = (lora_a, lora_b)
     return out
 

@@ -75,9 +75,10 @@ def released_batch_dims(names: Names) -> int:
     A, B [L, N, ...]: one tensor per layer and expert (2); router weights and biases [L, ...]: one per
     layer (1); the task embedding and anything else: the whole leaf (0).
     """
-    if "banks" not in names:
+    bank = next((i for i, name in enumerate(names) if name in ("banks", "added_banks")), None)
+    if bank is None:
         return 0
-    kind = names[names.index("banks") + 2]  # banks / <target> / <kind>
+    kind = names[bank + 2]  # banks / <target> / <kind>
     return 2 if kind in ("a", "b") else 1
 
 

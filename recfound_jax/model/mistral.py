@@ -458,6 +458,10 @@ class Mistral(nnx.Module):
             gates = self.adapters.gates(task_ids, path)
             xs["adapters"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": gates[t]}
                               for t, bank in self.adapters.banks.items()}
+            if self.adapters.added_banks:
+                added = self.adapters.added_gates(task_ids)
+                xs["added"] = {t: {"a": bank.a[...], "b": bank.b[...], "gate": added[t]}
+                               for t, bank in self.adapters.added_banks.items()}
             if dropout_key is not None and self.tmole_config.dropout > 0:
                 xs["dropout"] = jax.random.split(dropout_key, cfg.num_layers)
         return xs
@@ -511,22 +515,32 @@ def _decoder_layer(
     """One decoder layer on the residual stream h [B, T, D]; x holds this layer's slices."""
     w = x["base"]
     adapters = x.get("adapters", {})
-    dropout_keys = None
+    added = x.get("added", {})
+    dropout_keys = added_keys = None
     if "dropout" in x:
         dropout_keys = dict(zip(adapters, jax.random.split(x["dropout"], len(adapters))))
+        added_keys = {n: jax.random.fold_in(key, 1) for n, key in dropout_keys.items()}
 
-    def deltas(inp: jax.Array, names: list[str]) -> dict[str, jax.Array]:
-        """The adapter outputs of these projections on their common input ``inp``."""
-        names = [n for n in names if n in adapters]
-        shared = dropout_keys is None or tmole_cfg.dropout_shared_qkv  # one mask (or none) for them all
+    def bank_deltas(inp: jax.Array, names: list[str], banks: dict, keys: dict | None) -> dict[str, jax.Array]:
+        """The outputs of these projections' ``banks`` on their common input ``inp``."""
+        names = [n for n in names if n in banks]
+        shared = keys is None or tmole_cfg.dropout_shared_qkv  # one mask (or none) for them all
         out = {}
         for group in [names] if shared else [[n] for n in names]:
             if group:
                 out.update(zip(group, expert_deltas(
-                    inp, [(adapters[n]["gate"], adapters[n]["a"], adapters[n]["b"]) for n in group],
+                    inp, [(banks[n]["gate"], banks[n]["a"], banks[n]["b"]) for n in group],
                     scale=tmole_cfg.scale, dropout_rate=tmole_cfg.dropout,
-                    dropout_key=None if dropout_keys is None else dropout_keys[group[0]],
+                    dropout_key=None if keys is None else keys[group[0]],
                     dropout_rng=tmole_cfg.dropout_rng, per_expert=tmole_cfg.dropout_per_expert)))
+        return out
+
+    def deltas(inp: jax.Array, names: list[str]) -> dict[str, jax.Array]:
+        """The adapter outputs of these projections: the bank's, plus the added tasks' bank where there is
+        one (computed apart, so a task that does not route to it keeps exactly its old output)."""
+        out = bank_deltas(inp, names, adapters, dropout_keys)
+        for name, extra in bank_deltas(inp, names, added, added_keys).items():
+            out[name] = out[name] + extra
         return out
 
     def project(inp: jax.Array, name: str, delta: dict[str, jax.Array]) -> jax.Array:

@@ -28,12 +28,10 @@ from jax.extend.random import threefry2x32_p
 from ml_collections import ConfigDict
 
 from recfound_jax import config as config_lib
-from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
+from recfound_jax.tasks import FIRST_ADDED_ID, RELEASED, ROW_EMBEDDING, ROW_GENERATIVE, ROW_NONE
 
 TARGETS = ("q", "k", "v", "o")
 
-# Kind of each row of the task-embedding table: 0 embedding, 1 generative, 2 "none" (the call path's kind).
-_TASK_KIND = np.array([0 if t.is_embedding else 1 for t in TASKS] + [2], dtype=np.int32)
 _EXPERT_EMBEDDING, _EXPERT_SHARED, _EXPERT_GENERATIVE = 0, 1, 2
 # The call paths: encoding (bidirectional, pooled) and generation (causal). The released layer masks by
 # path, so the "none" row (id 13) routes to the embedding experts when encoding, the generative ones when
@@ -49,7 +47,9 @@ class TMoLEConfig:
     ``dropout_rng``: how dropout masks are drawn (`dropout_keep_mask`). ``dropout_shared_qkv``: one mask for
     the q, k and v adapters (they read the same input). ``dropout_per_expert``: a mask for each expert, as the
     released layer draws them, instead of one for all the experts of a projection. ``targets``: the adapted
-    projections, not a run key.
+    projections, not a run key. ``row_kinds``: the kind of every row of the task-embedding table
+    (`TaskTable.row_kinds`: the released table's 14 by default). ``added_experts``: experts of each kind
+    of the added tasks (ids from 14) in a bank of their own (`TMoLE.added_banks`), for those tasks only.
     """
 
     enabled: bool
@@ -65,6 +65,8 @@ class TMoLEConfig:
     task_embedding_dim: int
     router_hidden: tuple[int, ...]
     targets: tuple[str, ...] = TARGETS
+    row_kinds: tuple[int, ...] = RELEASED.row_kinds()
+    added_experts: int = 0
 
     def __post_init__(self):
         unknown = set(self.targets) - set(TARGETS)
@@ -72,13 +74,22 @@ class TMoLEConfig:
             raise ValueError(f"tmole.targets: unknown projections {sorted(unknown)}; valid: {TARGETS}")
 
     @classmethod
-    def from_config(cls, t: ConfigDict) -> TMoLEConfig:
-        """The TMoLEConfig of a run config's checked ``tmole`` block."""
+    def from_config(cls, t: ConfigDict, row_kinds: tuple[int, ...] | None = None,
+                    added_experts: int = 0) -> TMoLEConfig:
+        """The TMoLEConfig of a run config's checked ``tmole`` block (`for_run`: with its task table)."""
         return cls(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
                    num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
                    dropout_rng=t.dropout_rng, dropout_shared_qkv=t.dropout_shared_qkv,
                    dropout_per_expert=t.dropout_per_expert, task_embedding_dim=t.task_embedding_dim,
-                   router_hidden=tuple(t.router_hidden))
+                   router_hidden=tuple(t.router_hidden),
+                   row_kinds=RELEASED.row_kinds() if row_kinds is None else tuple(row_kinds),
+                   added_experts=added_experts)
+
+    @classmethod
+    def for_run(cls, c: ConfigDict) -> TMoLEConfig:
+        """The TMoLEConfig of a whole run config: its ``tmole`` block, task table and extend.new_experts."""
+        table = config_lib.task_table(c)
+        return cls.from_config(c.tmole, table.row_kinds(), c.extend.new_experts if table.added else 0)
 
     @classmethod
     def default(cls, **overrides) -> TMoLEConfig:
@@ -98,15 +109,34 @@ class TMoLEConfig:
         return np.array([_EXPERT_EMBEDDING] * self.num_embedding + [_EXPERT_SHARED] * self.num_shared
                         + [_EXPERT_GENERATIVE] * self.num_generative, dtype=np.int32)
 
-    def allowed_experts(self, path: str) -> np.ndarray:
-        """Boolean [task table rows, N]: which experts each task may route to on ``path`` (`PATHS`)."""
+    @property
+    def table_rows(self) -> int:
+        return len(self.row_kinds)
+
+    def _row_kinds_on(self, path: str) -> np.ndarray:
+        """[rows, 1]: each row's kind on ``path``; the "none" row takes the path's kind."""
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        kinds = np.asarray(self.row_kinds, np.int32)
+        return np.where(kinds == ROW_NONE, PATHS.index(path), kinds)[:, None]
+
+    def allowed_experts(self, path: str) -> np.ndarray:
+        """Boolean [task table rows, N]: which experts each task may route to on ``path`` (`PATHS`)."""
         kinds = self.expert_kinds()[None, :]
-        task_kind = np.where(_TASK_KIND == 2, PATHS.index(path), _TASK_KIND)[:, None]
+        task_kind = self._row_kinds_on(path)
         return ((kinds == _EXPERT_SHARED)
-                | ((kinds == _EXPERT_EMBEDDING) & (task_kind == 0))
-                | ((kinds == _EXPERT_GENERATIVE) & (task_kind == 1)))
+                | ((kinds == _EXPERT_EMBEDDING) & (task_kind == ROW_EMBEDDING))
+                | ((kinds == _EXPERT_GENERATIVE) & (task_kind == ROW_GENERATIVE)))
+
+    def added_expert_kinds(self) -> np.ndarray:
+        """Kind of each expert of the added banks: ``added_experts`` of each kind the added tasks have."""
+        kinds = sorted({k for k in self.row_kinds[FIRST_ADDED_ID:] if k != ROW_NONE})
+        return np.repeat(np.asarray(kinds, np.int32), self.added_experts)
+
+    def allowed_added_experts(self) -> np.ndarray:
+        """Boolean [task table rows, M]: only an added task, and only to the added experts of its kind."""
+        added = (np.arange(self.table_rows) >= FIRST_ADDED_ID)[:, None]
+        return added & (np.asarray(self.row_kinds, np.int32)[:, None] == self.added_expert_kinds()[None, :])
 
 
 def _kaiming_uniform_a(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -116,10 +146,12 @@ def _kaiming_uniform_a(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> j
 
 
 class ExpertBank(nnx.Module):
-    """The experts and router of one projection (q, k, v or o), stacked over layers."""
+    """The experts and router of one projection (q, k, v or o), stacked over layers: ``num_experts``
+    of them (default: the config's bank)."""
 
-    def __init__(self, cfg: TMoLEConfig, num_layers: int, d_in: int, d_out: int, *, rngs: nnx.Rngs):
-        n, r = cfg.num_experts, cfg.rank
+    def __init__(self, cfg: TMoLEConfig, num_layers: int, d_in: int, d_out: int, *, rngs: nnx.Rngs,
+                 num_experts: int | None = None):
+        n, r = cfg.num_experts if num_experts is None else num_experts, cfg.rank
         self.a = nnx.Param(_kaiming_uniform_a(rngs.params(), (num_layers, n, d_in, r), d_in))
         self.b = nnx.Param(jnp.zeros((num_layers, n, r, d_out), jnp.float32))
         if cfg.enabled:
@@ -144,15 +176,17 @@ class ExpertBank(nnx.Module):
 
 
 class TMoLE(nnx.Module):
-    """All adapter state of a model: the task embedding table and one expert bank per target projection."""
+    """All adapter state of a model: the task embedding table and one expert bank per target projection,
+    and with ``added_experts`` a second bank per projection for the added tasks (`added_gates`)."""
 
     def __init__(self, cfg: TMoLEConfig, num_layers: int, dims: dict[str, tuple[int, int]], *, rngs: nnx.Rngs):
         self.cfg = cfg
         if cfg.enabled:
-            e = cfg.task_embedding_dim
-            std = math.sqrt(2.0 / (TASK_TABLE_SIZE + e))  # xavier normal, as released
-            self.task_embedding = nnx.Param(std * jax.random.normal(rngs.params(), (TASK_TABLE_SIZE, e), jnp.float32))
+            self.task_embedding = nnx.Param(task_embedding_init(rngs.params(), cfg.table_rows, cfg.task_embedding_dim))
         self.banks = nnx.Dict({t: ExpertBank(cfg, num_layers, *dims[t], rngs=rngs) for t in cfg.targets})
+        added = len(cfg.added_expert_kinds()) if cfg.enabled else 0
+        self.added_banks = nnx.Dict({t: ExpertBank(cfg, num_layers, *dims[t], rngs=rngs, num_experts=added)
+                                     for t in cfg.targets} if added else {})
 
     def gates(self, task_ids: jax.Array | None, path: str) -> dict[str, jax.Array]:
         """Per-sample gates {target: [L, B, N]} (float32) on call path ``path`` (`PATHS`: it decides the
@@ -170,6 +204,42 @@ class TMoLE(nnx.Module):
             logits = bank.router_logits(vectors)
             out[name] = jax.nn.softmax(jnp.where(allowed[None], logits, -jnp.inf), axis=-1)
         return out
+
+    def added_gates(self, task_ids: jax.Array | None) -> dict[str, jax.Array]:
+        """Per-sample gates {target: [L, B, M]} of the added banks: a softmax over the added experts of an
+        added task's kind, and exactly 0 for every other task (whose outputs the added banks leave as they were)."""
+        if not self.added_banks:
+            return {}
+        vectors = self.task_embedding[...][task_ids]
+        allowed = jnp.asarray(self.cfg.allowed_added_experts())[task_ids]  # [B, M]
+        out = {}
+        for name, bank in self.added_banks.items():
+            logits = jnp.where(allowed[None], bank.router_logits(vectors), -jnp.inf)
+            gates = jax.nn.softmax(jnp.where(allowed.any(-1)[None, :, None], logits, 0.0), axis=-1)
+            out[name] = jnp.where(allowed[None], gates, 0.0)
+        return out
+
+    def task_experts(self, task_id: int, path: str) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+        """{target: (gate [L, n], a [L, n, d_in, r], b [L, n, r, d_out])}: the experts task ``task_id`` routes
+        to on ``path``, from the bank and the added bank, with its gates (a plain LoRA: its one expert, gate 1)."""
+        ids = jnp.array([task_id])
+        gates, added_gates = self.gates(ids, path), self.added_gates(ids)
+        used = self.cfg.allowed_experts(path)[task_id] if self.cfg.enabled else np.ones(1, bool)
+        added_used = self.cfg.allowed_added_experts()[task_id] if self.added_banks else np.zeros(0, bool)
+        out = {}
+        for name, bank in self.banks.items():
+            parts = [(gates[name][:, 0, used], bank.a[...][:, used], bank.b[...][:, used])]
+            if added_used.any():
+                extra = self.added_banks[name]
+                parts.append((added_gates[name][:, 0, added_used], extra.a[...][:, added_used],
+                              extra.b[...][:, added_used]))
+            out[name] = tuple(jnp.concatenate(arrays, axis=1) for arrays in zip(*parts))
+        return out
+
+
+def task_embedding_init(key: jax.Array, rows: int, dim: int) -> jax.Array:
+    """A task-embedding table [rows, dim], xavier normal as released."""
+    return math.sqrt(2.0 / (rows + dim)) * jax.random.normal(key, (rows, dim), jnp.float32)
 
 
 Bank = tuple[jax.Array, jax.Array, jax.Array]  # (gate [B, N], a [N, d_in, r], b [N, r, d_out])

@@ -58,7 +58,7 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
 def build_model(c: ml_collections.ConfigDict, base: Path, *, mesh=None, with_adapters: bool = True) -> Mistral:
     """The base model of a run config with fresh adapters (or none)."""
     return load_hf(base, dtype=jnp.dtype(c.model.param_dtype), mesh=mesh,
-                   tmole=TMoLEConfig.from_config(c.tmole) if with_adapters else None,
+                   tmole=TMoLEConfig.for_run(c) if with_adapters else None,
                    compute_dtype=jnp.dtype(c.model.compute_dtype), remat=c.model.remat,
                    attention_impl=c.model.attention, seed=c.seed)
 
@@ -116,5 +116,5 @@ def params_like(run_dir: str | os.PathLike) -> nnx.State:
     c = read_config(run_dir)
     info = read_run_info(run_dir)
     hf_cfg = read_hf_config(info["base"])
-    model = nnx.eval_shape(lambda: Mistral(hf_cfg, tmole=TMoLEConfig.from_config(c.tmole), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Mistral(hf_cfg, tmole=TMoLEConfig.for_run(c), rngs=nnx.Rngs(0)))
     return nnx.state(model, nnx.Param)
