@@ -1,7 +1,9 @@
-"""python -m recfound_jax.train --config RECIPE [--workdir RUN_DIR] [--resume] [--overwrite] [--config.key=value ...]
+"""python -m recfound_jax.train --config RECIPE [--workdir RUN_DIR] [--resume] [--overwrite] [--extend RUN]
+[--config.key=value ...]
 
 RECIPE is a shipped recipe's name (demo, recfound_mistral7b, the ablations: recfound_jax.recipes) or a
-recipe file's path; ``--config.train.steps=10`` and the like override its keys.
+recipe file's path; ``--config.train.steps=10`` and the like override its keys. ``--extend RUN`` trains the
+tasks RECIPE adds to the trained run RUN into a new RUN_DIR (recfound_jax.train.extend).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<c
 _RESUME = flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint",
                             flag_values=FLAGS)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a run already in --workdir", flag_values=FLAGS)
+_EXTEND = flags.DEFINE_string("extend", None, "a trained run directory: add the tasks the recipe adds to it "
+                               "(extend.mode frozen or replay) and train them into --workdir", flag_values=FLAGS)
 _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars", flag_values=FLAGS)
 
 
@@ -36,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.initialize_from_env()
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("runs") / config.name)
-    summary = train(config, workdir, resume=_RESUME.value, overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
+    summary = train(config, workdir, resume=_RESUME.value, overwrite=_OVERWRITE.value, progress=_PROGRESS.value,
+                    extend=_EXTEND.value)
     print(json.dumps({key: summary[key] for key in SUMMARY_KEYS}, indent=2))
     print(next_steps(workdir, summary))
     return 0

@@ -149,12 +149,19 @@ def generative_loss_and_grads(parts: ModelParts, params, base, batch: Batch, key
     return total / count, jax.tree.map(lambda g: g / count, grads)
 
 
-def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions) -> Callable:
+def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, opts: StepOptions,
+                    trainable: Any | None = None) -> Callable:
     """step(state, base, emb_batch, gen_batch, key) -> (state, metrics). Jit it (donating state).
 
     A step whose loss, gradient norm or updated params are not finite leaves params and optimizer
     state unchanged and reports ``finite = 0``, so no state (and no checkpoint) ever holds NaN or Inf.
+    ``trainable``: a tree like the params of 0/1 factors (`recfound_jax.train.extend.trainable_mask`) on
+    the gradient and the update, so a frozen part gets neither (weight decay included) and keeps its
+    exact value.
     """
+    masked = (lambda tree: tree) if trainable is None else (  # noqa: E731
+        lambda tree: jax.tree.map(lambda x, m: x * m.astype(x.dtype), tree, trainable))
+
     def step(state, base, emb_batch: Batch | None, gen_batch: Batch | None, key):
         params = state["params"]
         key = jax.random.fold_in(key, state["step"])
@@ -164,11 +171,11 @@ def make_train_step(parts: ModelParts, optimizer: optax.GradientTransformation, 
             embedding_loss_and_grads(parts, params, base, emb_batch, k_emb, opts)
         loss_gen, grads_gen = (jnp.zeros(()), zero) if gen_batch is None else \
             generative_loss_and_grads(parts, params, base, gen_batch, k_gen, opts)
-        grads = jax.tree.map(jnp.add, grads_emb, grads_gen)
+        grads = masked(jax.tree.map(jnp.add, grads_emb, grads_gen))
         loss = loss_emb + loss_gen
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, masked(updates))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(new_params))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = {"params": jax.tree.map(keep, new_params, params),

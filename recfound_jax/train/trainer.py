@@ -32,7 +32,8 @@ from recfound_jax.data import batching, formatting
 from recfound_jax.evaluate.runner import evaluate_subset
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.runs import checkpoint, rundir
-from recfound_jax.tasks import TASK_TABLE_SIZE, TASKS
+from recfound_jax.tasks import Task
+from recfound_jax.train import extend as extend_lib
 from recfound_jax.train import step as step_lib
 from recfound_jax.train.inputs import prepare_inputs, total_steps
 from recfound_jax.train.s2sched import S2Sched, S2SchedConfig
@@ -60,15 +61,19 @@ def answer_budget(*splits: formatting.TokenizedSplit, multiple: int = 8) -> int:
     return max(multiple, -(-longest // multiple) * multiple)
 
 
+Branches = tuple[tuple[Task, ...], tuple[Task, ...]]  # (embedding tasks, generative tasks)
+
+
 def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit,
-                  step: int = -1) -> tuple[dict | None, dict | None]:
-    """``s2sched.probe_size`` validation samples of every task the run trains (`config.run_tasks`), with
+                  step: int = -1, tasks: Branches | None = None) -> tuple[dict | None, dict | None]:
+    """``s2sched.probe_size`` validation samples of every task the run trains (``tasks``, by default
+    `config.run_tasks`), with
     task_index (the task's position in its kind's list): the fixed probe set, or with
     ``s2sched.probe_sampling = "fresh"`` the draw of ``step`` (-1: before training), a function of the seed
     and the step only, so that a resumed run draws what the uninterrupted one drew. Batches are padded to
     the data lengths: every probe has one shape. A kind without tasks gets None."""
     n = c.s2sched.probe_size
-    emb_tasks, gen_tasks = config_lib.run_tasks(c)
+    emb_tasks, gen_tasks = config_lib.run_tasks(c) if tasks is None else tasks
     seed = c.seed + 1 if c.s2sched.probe_sampling == "fixed" else _fresh_probe_seed(c.seed, step)
     cfg = batching.BatchConfig.from_config(c, embedding_batch_size=n * len(emb_tasks),
                                            generative_batch_size=n * len(gen_tasks), seed=seed)
@@ -83,7 +88,7 @@ def probe_batches(c: ml_collections.ConfigDict, valid: formatting.TokenizedSplit
             out.append(None)
             continue
         batch = draw({t.id: n for t in tasks})
-        position = np.full(TASK_TABLE_SIZE, -1, np.int32)
+        position = np.full(config_lib.task_table(c).rows, -1, np.int32)
         position[[t.id for t in tasks]] = np.arange(len(tasks))
         batch["task_index"] = position[batch["task_ids"]]
         out.append(batch)
@@ -116,10 +121,11 @@ class _NoTasks:
         pass
 
 
-def _schedulers(c: ml_collections.ConfigDict, steps: int) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
+def _schedulers(c: ml_collections.ConfigDict, steps: int,
+                tasks: Branches) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
     sched_cfg = S2SchedConfig.from_config(c.s2sched)
-    return tuple(S2Sched(sched_cfg, [t.id for t in tasks], batch, steps) if tasks else _NoTasks()
-                 for tasks, batch in zip(config_lib.run_tasks(c), (c.train.embedding_batch, c.train.generative_batch)))
+    return tuple(S2Sched(sched_cfg, [t.id for t in kind], batch, steps) if kind else _NoTasks()
+                 for kind, batch in zip(tasks, (c.train.embedding_batch, c.train.generative_batch)))
 
 
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -221,11 +227,12 @@ class Trainer:
     """One training run; `run()` trains from the start or the last checkpoint to ``steps`` (`total_steps`)."""
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True):
+                 overwrite: bool = False, progress: bool = True, extend: str | Path | None = None):
         self.stop_requested = False
         self._sigterm_before = None
         config_lib.validate(c, device_count=jax.device_count())
         self.config, self.workdir, self.progress = c, Path(workdir).absolute(), progress
+        self.extension = _extension(c, self.workdir, extend, resume)
         prepare_workdir(c, self.workdir, resume=resume, overwrite=overwrite)
         # While the inputs are prepared (the demo base may be built) SIGTERM keeps the process's handler:
         # the CLI's exits at once and every build is atomic. From here on it only asks the run to stop:
@@ -237,6 +244,10 @@ class Trainer:
         self.mesh = parallel.make_mesh(c.mesh.shape)
         model = rundir.build_model(c, self.inputs.base, mesh=self.mesh)
         self.parts = step_lib.ModelParts.of(model)
+        self.trainable = None
+        if self.extension is not None:  # the extended run's params, grown to this run's table
+            self.parts.params = extend_lib.grow_params(self.extension, self.parts.params)
+            self.trainable = extend_lib.trainable_mask(self.extension, self.parts.params, c)
         self.optimizer = step_lib.make_optimizer(
             learning_rate=c.train.learning_rate, total_steps=self.steps, warmup_ratio=c.train.warmup_ratio,
             weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
@@ -247,9 +258,12 @@ class Trainer:
         self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
             c, embedding_batch_size=c.train.embedding_batch, generative_batch_size=c.train.generative_batch,
             seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
-        self.emb_tasks, self.gen_tasks = config_lib.run_tasks(c)
-        self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid)
-        self.sched_emb, self.sched_gen = _schedulers(c, self.steps)
+        trained = config_lib.run_tasks(c) if self.extension is None else self.extension.trained
+        self.emb_tasks, self.gen_tasks = trained
+        self.replay_rows = ({} if self.extension is None else extend_lib.keep_replay_rows(
+            self.extension, {**self.batcher.embedding_pools, **self.batcher.generative_pools}, c.seed))
+        self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid, tasks=trained)
+        self.sched_emb, self.sched_gen = _schedulers(c, self.steps, trained)
         self.key = jax.random.key(c.seed)
         self.checkpointer = checkpoint.Checkpointer(self.workdir, keep=c.train.keep_checkpoints)
         self.start_step = 0
@@ -283,8 +297,8 @@ class Trainer:
         rep = parallel.replicated(self.mesh)
         budget = min(answer_budget(self.inputs.train, self.inputs.valid), c.data.generative_len - 1)
         opts = step_lib.StepOptions.from_config(c, answer_budget=budget)
-        self.train_step = jax.jit(parallel.under_mesh(step_lib.make_train_step(self.parts, self.optimizer, opts),
-                                                      self.mesh),
+        self.train_step = jax.jit(parallel.under_mesh(step_lib.make_train_step(self.parts, self.optimizer, opts,
+                                                                               self.trainable), self.mesh),
                                   in_shardings=(state_sh, base_sh, self.batch_sh["emb"], self.batch_sh["gen"], rep),
                                   out_shardings=(state_sh, rep), donate_argnums=0)
         self.probe = jax.jit(parallel.under_mesh(step_lib.make_probe_fn(
@@ -297,7 +311,9 @@ class Trainer:
             jsonio.write_json(self.workdir / rundir.RUN_FILE, {
                 "base": str(self.inputs.base), "base_fingerprint": rundir.base_fingerprint(self.inputs.base),
                 "data": str(self.inputs.data), "tokenizer": str(self.inputs.tokenizer.path),
-                "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count()})
+                "jax": jax.__version__, "devices": jax.device_count(), "processes": jax.process_count(),
+                **({} if self.extension is None else {"extends": {**self.extension.record(),
+                                                                  "replay_rows": self.replay_rows}})})
         self.checkpointer.save_initial(self.state["params"])
         emb_losses, gen_losses = self._probe_losses()
         self.sched_emb.set_normaliser(emb_losses)
@@ -321,7 +337,7 @@ class Trainer:
         """Each task's validation loss on the probe set (fixed, or step ``step``'s fresh draw)."""
         emb, gen = self.probe_emb, self.probe_gen
         if self.config.s2sched.probe_sampling == "fresh":
-            emb, gen = probe_batches(self.config, self.inputs.valid, step)
+            emb, gen = probe_batches(self.config, self.inputs.valid, step, (self.emb_tasks, self.gen_tasks))
         emb_losses, gen_losses = self.probe(self.state["params"], self.parts.base, emb, gen)
         return np.asarray(emb_losses, np.float64), np.asarray(gen_losses, np.float64)
 
@@ -437,7 +453,8 @@ class Trainer:
             record.update(self.evaluate_subset())
         if c.train.log_every and (step + 1) % c.train.log_every == 0:
             self.metrics.write(record)
-        names = sorted({TASKS[int(t)].name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
+        table = config_lib.task_table(c)
+        names = sorted({table.get(int(t)).name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
         record["batch_tasks"] = names
         return record, bool(metrics["finite"])
 
@@ -459,7 +476,26 @@ class Trainer:
         }
 
 
+def _extension(c: ml_collections.ConfigDict, workdir: Path, extend: str | Path | None,
+               resume: bool) -> extend_lib.Extension | None:
+    """The extension a run makes: of ``extend``, or when resuming, the one its run.json records."""
+    recorded = None
+    if resume and (workdir / rundir.RUN_FILE).is_file():
+        recorded = rundir.read_run_info(workdir).get("extends")
+    if recorded is not None:
+        if extend is not None and Path(extend).absolute() != Path(recorded["run"]):
+            raise extend_lib.ExtendError(f"--extend {extend}: {workdir} extends {recorded['run']}")
+        return extend_lib.from_record(recorded, c)
+    if extend is None:
+        return None
+    if Path(extend).absolute() == workdir:
+        raise extend_lib.ExtendError(f"--extend {extend}: the new run needs a --workdir of its own; the "
+                                     "extended run is kept as it is")
+    return extend_lib.plan(c, extend)
+
+
 def train(c: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> dict[str, Any]:
-    """Train a run (building the demo base and data first if the config asks for them); returns the summary."""
-    return Trainer(c, workdir, resume=resume, overwrite=overwrite, progress=progress).run()
+          progress: bool = True, extend: str | Path | None = None) -> dict[str, Any]:
+    """Train a run (building the demo base and data first if the config asks for them); with ``extend``, add
+    the config's new tasks to that trained run (`recfound_jax.train.extend`). Returns the summary."""
+    return Trainer(c, workdir, resume=resume, overwrite=overwrite, progress=progress, extend=extend).run()

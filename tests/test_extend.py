@@ -1,0 +1,142 @@
+"""Adding tasks to a trained run (`recfound_jax.train.extend`): frozen keeps the old tasks' outputs
+bit-identical, replay moves the shared adapters, and the extended run merges and exports."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recfound_jax import config as config_lib
+from recfound_jax import parallel
+from recfound_jax.runs import rundir
+from recfound_jax.tasks import get_task
+from recfound_jax.train import extend as extend_lib
+from recfound_jax.train.trainer import train
+from tests.train_fixtures import tiny_config, write_tiny_base
+
+OLD = "U2I,I2I,SR,PRP,SA,QR"  # the tasks of the run that is extended; Q2I and AP are the new ones
+NEW = OLD + ",Q2I,AP"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return write_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RECFOUND_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _config(base, tasks: str, **overrides):
+    c = tiny_config(base, train__steps=3, train__checkpoint_every=3)
+    c.unlock()
+    c.data.tasks = tasks
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    c.lock()
+    return c
+
+
+@pytest.fixture(scope="module")
+def parent(base, tmp_path_factory):
+    """A run trained 3 steps on OLD."""
+    os.environ["RECFOUND_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    run = tmp_path_factory.mktemp("parent") / "run"
+    train(_config(base, OLD), run, progress=False)
+    return run
+
+
+def _params(run, step=None):
+    model, _, _ = rundir.load_model(run, step)
+    return {parallel.path_str(p): np.asarray(x) for p, x in
+            jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}, model
+
+
+def _old_task_outputs(model, tasks):
+    """Generation logits and encodings of a fixed input under each of ``tasks``."""
+    ids = jnp.asarray(np.arange(3, 40).reshape(1, -1) % 500 + 3)
+    out = {}
+    for short in tasks.split(","):
+        task = get_task(short)
+        task_ids = jnp.asarray([task.id])
+        causal = not task.is_embedding
+        hidden = model.hidden_states(ids, jnp.ones_like(ids), task_ids=task_ids, causal=causal)
+        out[short] = np.asarray(model.logits(hidden) if causal else hidden)
+    return out
+
+
+def test_frozen_extension_keeps_old_task_outputs_bit_identical(base, parent, tmp_path):
+    child = tmp_path / "child"
+    summary = train(_config(base, NEW, extend__mode="frozen"), child, progress=False, extend=parent)
+    assert summary["completed"]
+    before, old_model = _params(parent)
+    after, new_model = _params(child)
+    table = "adapters/task_embedding"
+    for name, value in before.items():
+        if name != table:
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    new_ids = [get_task("Q2I").id, get_task("AP").id]
+    old_ids = [i for i in range(before[table].shape[0]) if i not in new_ids]
+    np.testing.assert_array_equal(after[table][old_ids], before[table][old_ids])
+    assert not np.allclose(after[table][new_ids], before[table][new_ids])
+    for short, value in _old_task_outputs(old_model, OLD).items():
+        np.testing.assert_array_equal(_old_task_outputs(new_model, OLD)[short], value, err_msg=short)
+    info = rundir.read_run_info(child)["extends"]
+    assert info["mode"] == "frozen" and info["new_tasks"] == ["Emb_query", "Answerability_Prediction"]
+    assert extend_lib.lineage(child)[0]["run"] == str(parent.absolute())
+    # only the new tasks were drawn
+    record = json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {k for k in record if k.startswith("count/")} == {"count/Emb_query", "count/Answerability_Prediction"}
+
+
+def test_mean_init_starts_a_new_row_at_its_kinds_mean(base, parent, tmp_path):
+    c = _config(base, NEW, extend__mode="frozen")
+    ext = extend_lib.plan(c, parent)
+    model = rundir.build_model(c, rundir.checked_base(parent))
+    grown = extend_lib.grow_params(ext, nnx.state(model, nnx.Param))
+    rows = np.asarray(grown["adapters"]["task_embedding"][...])
+    old = _params(parent)[0]["adapters/task_embedding"]
+    emb = [get_task(s).id for s in ("U2I", "I2I")]
+    gen = [get_task(s).id for s in ("SR", "PRP", "SA", "QR")]
+    np.testing.assert_allclose(rows[get_task("Q2I").id], old[emb].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(rows[get_task("AP").id], old[gen].mean(0), rtol=1e-6)
+
+
+def test_replay_trains_everything_on_a_share_of_old_rows(base, parent, tmp_path):
+    child = tmp_path / "replay"
+    train(_config(base, NEW, extend__mode="replay", extend__replay_fraction=0.5), child, progress=False, extend=parent)
+    before, _ = _params(parent)
+    after, _ = _params(child)
+    moved = [name for name in before
+             if name != "adapters/task_embedding" and not np.array_equal(before[name], after[name])]
+    assert moved, "replay trained no shared adapter"
+    info = rundir.read_run_info(child)["extends"]
+    assert info["mode"] == "replay" and set(info["replay_rows"]) == {get_task(s).name for s in OLD.split(",")}
+    last = json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])
+    counts = {k for k in last if k.startswith("count/")}
+    assert counts == {f"count/{get_task(s).name}" for s in NEW.split(",")}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"tmole__rank": 8}, "config.tmole.rank"),
+    ({"data__tasks": "U2I,I2I"}, "config.data.tasks"),
+    ({"data__tasks": OLD}, "config.added_tasks: no new task"),
+])
+def test_a_config_that_cannot_extend_the_run_is_refused_naming_the_key(base, parent, change, key):
+    overrides = dict(change)
+    tasks = overrides.pop("data__tasks", NEW)
+    with pytest.raises(extend_lib.ExtendError, match=key.replace(".", r"\.")):
+        extend_lib.plan(_config(base, tasks, **overrides), parent)
+
+
+def test_the_extended_run_needs_a_directory_of_its_own(base, parent):
+    with pytest.raises(extend_lib.ExtendError, match="--workdir of its own"):
+        train(_config(base, NEW), parent, progress=False, extend=parent)
+    assert config_lib.run_tasks(rundir.read_config(parent))[0] == (get_task("U2I"), get_task("I2I"))
