@@ -140,3 +140,12 @@ def test_the_extended_run_needs_a_directory_of_its_own(base, parent):
     with pytest.raises(extend_lib.ExtendError, match="--workdir of its own"):
         train(_config(base, NEW), parent, progress=False, extend=parent)
     assert config_lib.run_tasks(rundir.read_config(parent))[0] == (get_task("U2I"), get_task("I2I"))
+
+
+def test_a_frozen_extension_of_one_kind_draws_no_batch_of_the_other(base, parent, tmp_path):
+    child = tmp_path / "q2i"
+    summary = train(_config(base, OLD + ",Q2I", extend__mode="frozen"), child, progress=False, extend=parent)
+    last = json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {k for k in last if k.startswith("count/")} == {"count/Emb_query"}
+    assert last["loss_gen"] == 0.0 and last["loss_emb"] > 0.0
+    assert list(summary["probe_loss_final"]) == ["Emb_query"]

@@ -121,11 +121,11 @@ class _NoTasks:
         pass
 
 
-def _schedulers(c: ml_collections.ConfigDict, steps: int,
-                tasks: Branches) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
+def _schedulers(c: ml_collections.ConfigDict, steps: int, tasks: Branches,
+                batch_sizes: tuple[int, int]) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
     sched_cfg = S2SchedConfig.from_config(c.s2sched)
     return tuple(S2Sched(sched_cfg, [t.id for t in kind], batch, steps) if kind else _NoTasks()
-                 for kind, batch in zip(tasks, (c.train.embedding_batch, c.train.generative_batch)))
+                 for kind, batch in zip(tasks, batch_sizes))
 
 
 def prepare_workdir(c: ml_collections.ConfigDict, workdir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -255,15 +255,19 @@ class Trainer:
             learning_rate=c.train.learning_rate, total_steps=self.steps, warmup_ratio=c.train.warmup_ratio)
         self.state = self._init_state()
         self.batch_share = parallel.batch_share(self.mesh)
-        self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
-            c, embedding_batch_size=c.train.embedding_batch, generative_batch_size=c.train.generative_batch,
-            seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
         trained = config_lib.run_tasks(c) if self.extension is None else self.extension.trained
         self.emb_tasks, self.gen_tasks = trained
+        # a branch without a trained task (a frozen extension's other kind) draws no batch
+        self.batch_sizes = {"emb": c.train.embedding_batch if self.emb_tasks else 0,
+                            "gen": c.train.generative_batch if self.gen_tasks else 0}
+        self.batcher = batching.Batcher(self.inputs.train, batching.BatchConfig.from_config(
+            c, embedding_batch_size=self.batch_sizes["emb"], generative_batch_size=self.batch_sizes["gen"],
+            seed=c.seed, process_index=self.batch_share[0], process_count=self.batch_share[1]))
         self.replay_rows = ({} if self.extension is None else extend_lib.keep_replay_rows(
             self.extension, {**self.batcher.embedding_pools, **self.batcher.generative_pools}, c.seed))
         self.probe_emb, self.probe_gen = probe_batches(c, self.inputs.valid, tasks=trained)
-        self.sched_emb, self.sched_gen = _schedulers(c, self.steps, trained)
+        self.sched_emb, self.sched_gen = _schedulers(c, self.steps, trained,
+                                                     (self.batch_sizes["emb"], self.batch_sizes["gen"]))
         self.key = jax.random.key(c.seed)
         self.checkpointer = checkpoint.Checkpointer(self.workdir, keep=c.train.keep_checkpoints)
         self.start_step = 0
@@ -288,10 +292,10 @@ class Trainer:
         base_sh = jax.tree.map(lambda x: x.sharding, self.parts.base)
         self.batch_sh = {"emb": None, "gen": None}
         example_emb, example_gen = self.probe_emb, self.probe_gen
-        if c.train.embedding_batch:
+        if self.batch_sizes["emb"]:
             self.batch_sh["emb"] = {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in example_emb.items()
                                     if k != "task_index"}
-        if c.train.generative_batch:
+        if self.batch_sizes["gen"]:
             self.batch_sh["gen"] = {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in example_gen.items()
                                     if k != "task_index"}
         rep = parallel.replicated(self.mesh)
@@ -420,8 +424,9 @@ class Trainer:
         c = self.config
         emb_counts, gen_counts = self.sched_emb.counts(step), self.sched_gen.counts(step)
         by_task = lambda tasks, counts: {t.id: int(n) for t, n in zip(tasks, counts)}
-        emb_np = self.batcher.embedding_batch(by_task(self.emb_tasks, emb_counts)) if c.train.embedding_batch else None
-        gen_np = (self.batcher.generative_batch(by_task(self.gen_tasks, gen_counts)) if c.train.generative_batch
+        emb_np = (self.batcher.embedding_batch(by_task(self.emb_tasks, emb_counts)) if self.batch_sizes["emb"]
+                  else None)
+        gen_np = (self.batcher.generative_batch(by_task(self.gen_tasks, gen_counts)) if self.batch_sizes["gen"]
                   else None)
         begin = time.perf_counter()
         self.state, metrics = self.train_step(self.state, self.parts.base, self._device_batch(emb_np, "emb"),
