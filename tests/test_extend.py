@@ -13,6 +13,8 @@ from flax import nnx
 
 from recfound_jax import config as config_lib
 from recfound_jax import parallel
+from recfound_jax.convert.export import export_tasks
+from recfound_jax.merge.checkpoints import merge_run
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
 from recfound_jax.train import extend as extend_lib
@@ -72,12 +74,18 @@ def _old_task_outputs(model, tasks):
     return out
 
 
-def test_frozen_extension_keeps_old_task_outputs_bit_identical(base, parent, tmp_path):
-    child = tmp_path / "child"
+@pytest.fixture(scope="module")
+def frozen_child(base, parent, tmp_path_factory):
+    """``parent`` extended with Q2I and AP, frozen, 3 steps."""
+    child = tmp_path_factory.mktemp("frozen") / "run"
     summary = train(_config(base, NEW, extend__mode="frozen"), child, progress=False, extend=parent)
     assert summary["completed"]
+    return child
+
+
+def test_frozen_extension_keeps_old_task_outputs_bit_identical(parent, frozen_child):
     before, old_model = _params(parent)
-    after, new_model = _params(child)
+    after, new_model = _params(frozen_child)
     table = "adapters/task_embedding"
     for name, value in before.items():
         if name != table:
@@ -88,12 +96,21 @@ def test_frozen_extension_keeps_old_task_outputs_bit_identical(base, parent, tmp
     assert not np.allclose(after[table][new_ids], before[table][new_ids])
     for short, value in _old_task_outputs(old_model, OLD).items():
         np.testing.assert_array_equal(_old_task_outputs(new_model, OLD)[short], value, err_msg=short)
-    info = rundir.read_run_info(child)["extends"]
+    info = rundir.read_run_info(frozen_child)["extends"]
     assert info["mode"] == "frozen" and info["new_tasks"] == ["Emb_query", "Answerability_Prediction"]
-    assert extend_lib.lineage(child)[0]["run"] == str(parent.absolute())
-    # only the new tasks were drawn
-    record = json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])
+    assert extend_lib.lineage(frozen_child)[0]["run"] == str(parent.absolute())
+    record = json.loads((frozen_child / "metrics.jsonl").read_text().splitlines()[-1])
     assert {k for k in record if k.startswith("count/")} == {"count/Emb_query", "count/Answerability_Prediction"}
+
+
+def test_the_extended_run_merges_and_exports(parent, frozen_child, tmp_path):
+    merged = merge_run(frozen_child, [3], tmp_path / "merged", progress=False)
+    _, old_model = _params(parent)
+    _, merged_model = _params(merged)
+    for short, value in _old_task_outputs(old_model, OLD).items():  # zero task vectors merge to zero
+        np.testing.assert_array_equal(_old_task_outputs(merged_model, OLD)[short], value, err_msg=short)
+    out = export_tasks(merged, ["AP"], tmp_path / "export")[0]
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
 
 
 def test_mean_init_starts_a_new_row_at_its_kinds_mean(base, parent, tmp_path):
