@@ -108,7 +108,7 @@ def check_synthetic_tasks(data_dir: str | Path, table: TaskTable, trained: Seque
     (config.added_tasks) needs a data.dir that holds its rows. ``trained``: the run's tasks (`config.run_tasks`)."""
     if str(data_dir) != SYNTHETIC:
         return
-    added = [t for t in trained if t in table.added]
+    added = sorted((t for t in trained if t in table.added), key=lambda t: t.id)
     if added:
         names = ", ".join(f"config.added_tasks[{_spec_position(table, t)}] ({t.name})" for t in added)
         raise ValueError(f"data.dir='synthetic' holds rows of the 13 released tasks only, but the run trains {names}: "
@@ -119,7 +119,8 @@ def check_added_task_rows(table: TaskTable, trained: Sequence[Task], report: rec
                           data_dir: str | Path) -> None:
     """Raise ValueError naming each added task (config.added_tasks) of ``trained`` that has no rows in the
     split that ``report`` describes (`load_split`'s report of ``data_dir``)."""
-    missing = [t for t in trained if t in table.added and not report.kept_per_task.get(t.name)]
+    missing = sorted((t for t in trained if t in table.added and not report.kept_per_task.get(t.name)),
+                     key=lambda t: t.id)
     if missing:
         names = ", ".join(f"config.added_tasks[{_spec_position(table, t)}] ({t.name})" for t in missing)
         raise ValueError(f"{data_dir}: split {report.split!r} has no rows of {names}; rows name their task in "
