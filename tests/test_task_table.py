@@ -22,6 +22,7 @@ from recfound_jax.convert import export
 from recfound_jax.convert.hf import load_hf
 from recfound_jax.data import batching, formatting, records, sources
 from recfound_jax.evaluate import metrics, plots, report, runner
+from recfound_jax.evaluate.__main__ import parse_budgets, run_table
 from recfound_jax.inference.recfound import RecFound, resolve_task
 from recfound_jax.runs import rundir
 from recfound_jax.tokenizer import Tokenizer
@@ -367,6 +368,15 @@ def test_export_resolves_tasks_in_the_run_table(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         export.main(["--run", str(run_dir), "--task", "Nope", "--out", str(tmp_path / "x")])
     assert exited.value.code == 2 and "Color_Match" in capsys.readouterr().err
+
+
+def test_the_evaluate_cli_reads_budgets_of_the_run_table(run_dir, table):
+    assert run_table(run_dir) == table
+    assert parse_budgets(["5", "CM=2"], table) == {**{t.short: 5 for t in table.generative}, "CM": 2}
+    with pytest.raises(SystemExit):
+        parse_budgets(["CM=2"])  # the released table has no CM
+    with pytest.raises(SystemExit):
+        parse_budgets(["B2I=2"], table)  # an embedding task generates nothing
 
 
 def test_recfound_resolves_and_routes_the_run_table(run_dir):
