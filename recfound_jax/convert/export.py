@@ -11,7 +11,8 @@ DIR also gets the run's tokenizer (tokenizer.model; or tokenizer.json and the to
 special_tokens_map.json beside it, when the run used its base's tokenizer.json) and a README.md naming the
 task, run and step and giving the exact prompt format (and, for embedding tasks, the pooling and the
 attention mask the model needs).
-``--all_tasks`` writes one such folder per task, DIR/<task name>.
+``--all_tasks`` writes one such folder per task of the run's table (the released 13 and its
+config.added_tasks), DIR/<task name>; ``--task`` names a task of that table.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from pathlib import Path
 from absl import flags
 
 from recfound_jax import cli, jsonio
+from recfound_jax import config as config_lib
 from recfound_jax.convert import peft_adapter
 from recfound_jax.convert.hf import FAMILIES, save_hf
 from recfound_jax.data.formatting import INSTRUCTION_STRIP
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASKS, Task, get_task
+from recfound_jax.tasks import TASKS, Task
 from recfound_jax.tokenizer import is_tokenizer_json
 from recfound_jax.tokenizer_json import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_FILE
 
@@ -187,24 +189,25 @@ attention, and an embedding task needs the bidirectional mask below.
 {section}"""
 
 
-def export_task(run_dir: str | os.PathLike, task: str | int, out: str | os.PathLike, step: int | None = None,
+def export_task(run_dir: str | os.PathLike, task: str | int | Task, out: str | os.PathLike, step: int | None = None,
                 *, peft: bool = False) -> Path:
     """Write ``out``: run ``run_dir``'s model at ``step`` (default: the latest) for ``task``.
 
     ``out`` gets HF config.json + safetensors with the task folded in (`save_hf(model, out, task=...)`), or
     with ``peft`` the task's PEFT LoRA adapter over the run's base (`peft_adapter.save_peft_adapter`); and the
-    run's tokenizer (`copy_tokenizer`) and README.md. Raises KeyError for an unknown task, FileExistsError
+    run's tokenizer (`copy_tokenizer`) and README.md. ``task``: a name, short name or id of the run's table
+    (`config.task_table`), or a Task of it. Raises KeyError for a task not in the table, FileExistsError
     when ``out`` is not empty.
     """
     return export_tasks(run_dir, [task], out, step, peft=peft, one_folder=True)[0]
 
 
-def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: str | os.PathLike,
+def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int | Task] | None, out: str | os.PathLike,
                  step: int | None = None, *, peft: bool = False, one_folder: bool = False) -> list[Path]:
-    """`export_task` for each of ``tasks`` into out/<task name> (the model is loaded once); with
-    ``one_folder`` the single task goes into ``out`` itself."""
+    """`export_task` for each of ``tasks`` (None: every task of the run's table) into out/<task name> (the
+    model is loaded once); with ``one_folder`` the single task goes into ``out`` itself."""
     run_dir, out = Path(run_dir).absolute(), Path(out).absolute()
-    resolved = [get_task(t) for t in tasks]
+    resolved = resolve_tasks(run_dir, tasks)
     targets = [out] if one_folder else [out / t.name for t in resolved]
     for target in targets:
         if target.exists() and any(target.iterdir()):
@@ -222,7 +225,7 @@ def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: st
             rank = jsonio.read_json(target / peft_adapter.CONFIG_FILE)["r"]
             text = peft_readme_text(task, run_dir, step, config.name, base, rank, tokenizer_file, architecture)
         else:
-            save_hf(model, target, task=task.name)
+            save_hf(model, target, task=task)
             text = readme_text(task, run_dir, step, config.name, str(model.embed[...].dtype), tokenizer_file,
                                architecture)
         copy_tokenizer(Path(tokenizer), target)
@@ -230,9 +233,28 @@ def export_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int], out: st
     return targets
 
 
+def resolve_tasks(run_dir: str | os.PathLike, tasks: Sequence[str | int | Task] | None) -> list[Task]:
+    """``tasks`` (names, short names, ids or Tasks) as Tasks of the run's table, or all of them for None; KeyError
+    lists the table's names."""
+    table = config_lib.task_table(rundir.read_config(run_dir))
+    if tasks is None:
+        return list(table.tasks)
+    resolved = [table.get(t.id if isinstance(t, Task) else t) for t in tasks]
+    for given, found in zip(tasks, resolved):
+        if isinstance(given, Task) and given != found:
+            raise KeyError(f"task {given.name} (id {given.id}) is not task {found.id} of the run's table "
+                           f"({found.name})")
+    return resolved
+
+
 def _known_task(task: str) -> bool:
+    """--task names a task of --run's table (a --run that is no run is reported when the export reads it)."""
+    if FLAGS["run"].value is None:
+        return True
     try:
-        get_task(task)
+        resolve_tasks(FLAGS["run"].value, [task])
+    except FileNotFoundError:
+        return True
     except KeyError as err:
         raise flags.ValidationError(str(err.args[0])) from None
     return True
@@ -240,9 +262,10 @@ def _known_task(task: str) -> bool:
 
 FLAGS = flags.FlagValues()
 _RUN = flags.DEFINE_string("run", None, "the run directory", required=True, flag_values=FLAGS)
-_TASK = flags.DEFINE_string("task", None, f"task name or short name: {', '.join(t.name for t in TASKS)}",
+_TASK = flags.DEFINE_string("task", None, "task name or short name of the run's table: "
+                            f"{', '.join(t.name for t in TASKS)} or one of its config.added_tasks",
                             flag_values=FLAGS)
-_ALL_TASKS = flags.DEFINE_bool("all_tasks", False, "export every task, one folder each under --out",
+_ALL_TASKS = flags.DEFINE_bool("all_tasks", False, "export every task of the run's table, one folder each under --out",
                                flag_values=FLAGS)
 _PEFT = flags.DEFINE_bool("peft", False, "write PEFT LoRA adapters over the run's base instead of folded checkpoints",
                           flag_values=FLAGS)
@@ -262,10 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def export() -> str:
         kind = "PEFT adapter" if _PEFT.value else "folded checkpoint"
         if _ALL_TASKS.value:
-            outs = export_tasks(_RUN.value, [t.name for t in TASKS], _OUT.value, step=_STEP.value, peft=_PEFT.value)
+            outs = export_tasks(_RUN.value, None, _OUT.value, step=_STEP.value, peft=_PEFT.value)
             return f"exported {len(outs)} tasks of {_RUN.value} ({kind} each) under {_OUT.value}"
-        out = export_task(_RUN.value, _TASK.value, _OUT.value, step=_STEP.value, peft=_PEFT.value)
-        return f"exported {get_task(_TASK.value).name} of {_RUN.value} ({kind}) to {out}"
+        task = resolve_tasks(_RUN.value, [_TASK.value])[0]
+        out = export_task(_RUN.value, task, _OUT.value, step=_STEP.value, peft=_PEFT.value)
+        return f"exported {task.name} of {_RUN.value} ({kind}) to {out}"
 
     return cli.attempt(export, FileNotFoundError, FileExistsError)
 

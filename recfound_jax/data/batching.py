@@ -3,7 +3,8 @@
 Each task has a pool of its row indices. A pool is visited in a seeded random order, without
 replacement; when it runs out it starts its next epoch with a new order (the order of epoch ``e`` of
 task ``t`` is ``default_rng([seed, 0, t, e]).permutation``). A batch's rows are laid out task by task in
-the order of ``EMBEDDING_TASKS`` / ``GENERATIVE_TASKS``, ``counts[t]`` rows each.
+the order of `BatchConfig.embedding_tasks` / ``generative_tasks`` (the run's table: `config.task_table`,
+the released 13 by default), ``counts[t]`` rows each.
 
 Embedding batch (B = the sum of the counts, fixed per run; right padding with the pad id):
 
@@ -41,8 +42,9 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
+from recfound_jax import config as config_lib
 from recfound_jax.data import formatting
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task, get_task
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task
 
 STATE_VERSION = 1
 # Seed streams, so that pool orders and the per-step passage draws never share a seed sequence.
@@ -56,7 +58,8 @@ class BatchConfig:
     """Global batch sizes, max lengths, seed, optional length buckets and this process's share.
 
     Sizes, lengths and seed come from a checked run config (`from_config`); `validate` checks only what
-    the run config does not decide: the buckets and the process share.
+    the run config does not decide: the buckets and the process share. ``embedding_tasks`` and
+    ``generative_tasks``: the tasks with a pool, in batch layout order (every task of the run's table).
     """
 
     embedding_batch_size: int
@@ -70,17 +73,26 @@ class BatchConfig:
     generative_buckets: tuple[int, ...] = ()
     process_index: int = 0
     process_count: int = 1
+    embedding_tasks: tuple[Task, ...] = EMBEDDING_TASKS
+    generative_tasks: tuple[Task, ...] = GENERATIVE_TASKS
 
     @classmethod
     def from_config(cls, c: ConfigDict, *, embedding_batch_size: int, generative_batch_size: int, seed: int,
                     process_index: int = 0, process_count: int = 1) -> BatchConfig:
-        """The batch settings of a checked run config (its ``data`` lengths) for batches of these sizes."""
+        """The batch settings of a checked run config (its ``data`` lengths and its task table's tasks) for
+        batches of these sizes."""
+        table = config_lib.task_table(c)
         return cls(embedding_batch_size=embedding_batch_size, generative_batch_size=generative_batch_size,
                    query_len=c.data.query_len, passage_len=c.data.passage_len, generative_len=c.data.generative_len,
-                   seed=seed, process_index=process_index, process_count=process_count)
+                   seed=seed, process_index=process_index, process_count=process_count,
+                   embedding_tasks=table.embedding, generative_tasks=table.generative)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that does not make sense."""
+        for name, kind in (("embedding_tasks", "embedding"), ("generative_tasks", "generative")):
+            tasks = getattr(self, name)
+            if any(t.kind != kind for t in tasks) or len({t.id for t in tasks}) != len(tasks):
+                raise ValueError(f"{name} must be distinct {kind} tasks, got {[t.name for t in tasks]}")
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} not in [0, process_count={self.process_count})")
         for name in ("embedding_batch_size", "generative_batch_size"):
@@ -96,8 +108,9 @@ class BatchConfig:
 class TaskPool:
     """The row indices of one task, drawn without replacement in a seeded order, epoch after epoch."""
 
-    def __init__(self, task_id: int, rows: np.ndarray, seed: int):
+    def __init__(self, task_id: int, rows: np.ndarray, seed: int, name: str | None = None):
         self.task_id = task_id
+        self.name = name or f"id {task_id}"
         self.rows = np.asarray(rows, np.int64)
         self.seed = seed
         self.epoch = 0
@@ -116,7 +129,7 @@ class TaskPool:
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` row indices; crossing the end of the pool starts its next epoch."""
         if count and not len(self.rows):
-            raise ValueError(f"task {get_task(self.task_id).name} has no rows, but {count} were asked for")
+            raise ValueError(f"task {self.name} has no rows, but {count} were asked for")
         out = []
         while count > 0:
             order = self._current_order()
@@ -140,15 +153,15 @@ class TaskPool:
 
 
 def counts_array(counts: Counts, tasks: Sequence[Task]) -> np.ndarray:
-    """Per-task counts aligned with ``tasks``, from a {task id or name: count} dict or an int array."""
+    """Per-task counts aligned with ``tasks``, from a {task id, name or short name: count} dict or an int array."""
     if isinstance(counts, Mapping):
-        index = {t.id: i for i, t in enumerate(tasks)}
         out = np.zeros(len(tasks), np.int64)
         for key, n in counts.items():
-            task = get_task(int(key) if isinstance(key, np.integer) else key)
-            if task.id not in index:
-                raise ValueError(f"task {task.name} ({task.kind}) is not one of this batch's tasks")
-            out[index[task.id]] += int(n)
+            key = int(key) if isinstance(key, np.integer) else key
+            found = [i for i, t in enumerate(tasks) if key in (t.id, t.name, t.short) and not isinstance(key, bool)]
+            if not found:
+                raise ValueError(f"task {key!r} is not one of this batch's tasks ({', '.join(t.name for t in tasks)})")
+            out[found[0]] += int(n)
     else:
         out = np.asarray(counts)
         if out.shape != (len(tasks),) or (out.size and not np.issubdtype(out.dtype, np.integer)):
@@ -213,9 +226,14 @@ class Batcher:
         self.data = data
         self.config = config
         emb, gen = data.embedding.task_ids, data.generative.task_ids
-        self.embedding_pools = {t.id: TaskPool(t.id, np.flatnonzero(emb == t.id), config.seed) for t in EMBEDDING_TASKS}
-        self.generative_pools = {t.id: TaskPool(t.id, np.flatnonzero(gen == t.id), config.seed)
-                                 for t in GENERATIVE_TASKS}
+        self.embedding_pools = {t.id: TaskPool(t.id, np.flatnonzero(emb == t.id), config.seed, t.name)
+                                for t in config.embedding_tasks}
+        self.generative_pools = {t.id: TaskPool(t.id, np.flatnonzero(gen == t.id), config.seed, t.name)
+                                 for t in config.generative_tasks}
+        known = {t.id for t in (*config.embedding_tasks, *config.generative_tasks)}
+        unknown = sorted((set(np.unique(emb).tolist()) | set(np.unique(gen).tolist())) - known)
+        if unknown:
+            raise ValueError(f"data has rows of task ids {unknown}, which are not among the batch config's tasks")
         self.embedding_step = 0
         self._embedding_lengths = data.embedding.seqs.lengths
         self._generative_lengths = data.generative.seqs.lengths
@@ -253,7 +271,7 @@ class Batcher:
     def embedding_batch(self, counts: Counts) -> dict[str, np.ndarray]:
         """This process's share of the next embedding batch with ``counts[task]`` rows per task."""
         cfg, table = self.config, self.data.embedding
-        rows = self._take(self.embedding_pools, EMBEDDING_TASKS, counts, cfg.embedding_batch_size)
+        rows = self._take(self.embedding_pools, cfg.embedding_tasks, counts, cfg.embedding_batch_size)
         rng = np.random.default_rng([cfg.seed, _PASSAGE_STREAM, self.embedding_step])
         self.embedding_step += 1
         pos, neg, negative_mask = self._draw_passages(rows, rng)
@@ -280,7 +298,7 @@ class Batcher:
     def generative_batch(self, counts: Counts) -> dict[str, np.ndarray]:
         """This process's share of the next generative batch with ``counts[task]`` rows per task."""
         cfg, table = self.config, self.data.generative
-        rows = self._take(self.generative_pools, GENERATIVE_TASKS, counts, cfg.generative_batch_size)
+        rows = self._take(self.generative_pools, cfg.generative_tasks, counts, cfg.generative_batch_size)
         length = _bucket(int(self._generative_lengths[rows].max(initial=1)), cfg.generative_buckets, cfg.generative_len)
         local = rows[self._local(len(rows))]
         ids, lens, loss = _pad(table.seqs, local, length, self.data.pad_id, table.loss_mask)

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from recfound_jax.data import formatting, sources
 from recfound_jax.data import records as records_lib
 from recfound_jax.data.formatting import IGNORE_INDEX, TruncationStats
+from recfound_jax.tasks import TaskTable
 from recfound_jax.tokenizer import TextTokenizer, load_tokenizer
 
 MAP_BATCH_ROWS = formatting.CHUNK_ROWS  # rows a map call formats: SentencePiece encodes them in one batch
@@ -273,15 +274,17 @@ def tokenize_split(
     loaded: tuple[list[records_lib.Record], records_lib.LoadReport] | None = None,
     num_proc: int = 1,
     progress: bool = False,
+    table: TaskTable | None = None,
 ) -> formatting.TokenizedSplit:
     """Load and validate ``split`` in any form `sources` reads, then tokenize it (`tokenize_records`).
 
     ``loaded``: the split's rows and report from `sources.load_split` with the same settings, when the caller
     has validated them already. With ``cache_dir`` the tokenized tables of the same rows, tokenizer and lengths
-    are read back from ``datasets``' cache files instead of being made again.
+    are read back from ``datasets``' cache files instead of being made again. ``table``: the run's tasks,
+    which the rows may name (`config.task_table`; default: the released 13).
     """
     rows, report = loaded or sources.load_split(data_dir, split, on_error=on_error, tasks=tasks,
-                                                max_line_bytes=max_line_bytes)
+                                                max_line_bytes=max_line_bytes, table=table)
     return tokenize_records(rows, tokenizer, query_max_len=query_max_len, passage_max_len=passage_max_len,
                             generative_max_len=generative_max_len, report=report, cache_dir=cache_dir, split=split,
                             num_proc=num_proc, progress=progress)

@@ -244,7 +244,8 @@ def _decode_line(line: Any, check: _Checker, max_line_bytes: int) -> str:
     return text.lstrip("\ufeff")  # a UTF-8 byte-order mark on the first line
 
 
-def _parse(line: Any, path: str, line_no: int, max_line_bytes: int) -> tuple[Record, list[str]]:
+def _parse(line: Any, path: str, line_no: int, max_line_bytes: int,
+           table: tasks_lib.TaskTable | None = None) -> tuple[Record, list[str]]:
     """The record of one line and the names of the unknown fields it ignored."""
     check = _Checker(path, line_no)
     text = _decode_line(line, check, max_line_bytes)
@@ -254,14 +255,16 @@ def _parse(line: Any, path: str, line_no: int, max_line_bytes: int) -> tuple[Rec
         obj = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise check.fail("line", "invalid_json", str(e)[:200]) from None
-    return _parse_object(obj, check)
+    return _parse_object(obj, check, table)
 
 
-def _parse_object(obj: Any, check: _Checker) -> tuple[Record, list[str]]:
-    """The record of one decoded row and the names of the unknown fields it ignored."""
+def _parse_object(obj: Any, check: _Checker,
+                  table: tasks_lib.TaskTable | None = None) -> tuple[Record, list[str]]:
+    """The record of one decoded row and the names of the unknown fields it ignored; its task is one of
+    ``table`` (default: the released 13)."""
     if not isinstance(obj, dict):
         raise check.fail("row", "not_object", f"expected a JSON object, got {_type_name(obj)}")
-    task = _task_of(obj, check)
+    task = _task_of(obj, check, table or tasks_lib.RELEASED)
     check.task = task.name
     source = _source_of(obj, check)
     if task.is_embedding:
@@ -272,14 +275,15 @@ def _parse_object(obj: Any, check: _Checker) -> tuple[Record, list[str]]:
     return record, sorted(k for k in obj if k not in known)
 
 
-def _task_of(obj: dict, check: _Checker) -> tasks_lib.Task:
+def _task_of(obj: dict, check: _Checker, table: tasks_lib.TaskTable) -> tasks_lib.Task:
+    """The row's task: a name, short name or id of ``table``."""
     if "task" not in obj:
         raise check.fail("task", "missing_field", "the row has no 'task'")
     name = check.string(obj["task"], "task", nonempty=False)
     try:
-        return tasks_lib.get_task(name)
+        return table.get(name)
     except KeyError:
-        valid = ", ".join(t.name for t in tasks_lib.TASKS)
+        valid = ", ".join(t.name for t in table.tasks)
         raise check.fail("task", "unknown_task", f"{name[:80]!r} is not one of: {valid}") from None
 
 
@@ -328,20 +332,24 @@ def parse_row(
     path: str = "<row>",
     line_no: int = 0,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    table: tasks_lib.TaskTable | None = None,
 ) -> Record:
-    """Validate one JSONL line and return its record; any problem raises :class:`RecordError` only."""
-    record, _ = _parse(line, path, line_no, max_line_bytes)
+    """Validate one JSONL line and return its record; any problem raises :class:`RecordError` only.
+    ``table``: the tasks a row may name (default: the released 13)."""
+    record, _ = _parse(line, path, line_no, max_line_bytes, table)
     return record
 
 
-def parse_table_row(row: dict[str, Any], path: str, index: int) -> tuple[Record, list[str]]:
+def parse_table_row(row: dict[str, Any], path: str, index: int,
+                    table: tasks_lib.TaskTable | None = None) -> tuple[Record, list[str]]:
     """Validate one row of a table (parquet, Arrow): its record and the unknown fields it ignored.
 
     A table has a column for every field of any row, so a null stands for a field the row does not
-    have. Problems raise :class:`RecordError` located at ``path:row index``.
+    have. Problems raise :class:`RecordError` located at ``path:row index``. ``table``: the tasks a row
+    may name (default: the released 13).
     """
     obj = {key: value for key, value in row.items() if value is not None}
-    return _parse_object(obj, _Checker(path, index, unit="row "))
+    return _parse_object(obj, _Checker(path, index, unit="row "), table)
 
 
 # ----------------------------------------------------------------------------- files
@@ -389,22 +397,25 @@ def _read_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | 
             yield line_no, line.rstrip(b"\r\n")
 
 
-def _task_filter(tasks: Iterable[str | int] | None) -> set[int] | None:
+def _task_filter(tasks: Iterable[str | int] | None, table: tasks_lib.TaskTable) -> set[int] | None:
+    """The ids of ``tasks`` (names, short names or ids of ``table``); KeyError lists the table's names."""
     if tasks is None:
         return None
-    return {tasks_lib.get_task(t).id for t in tasks}
+    return {table.get(t).id for t in tasks}
 
 
 class RowCollector:
     """Keeps a split's valid rows in order and counts the rest in a :class:`LoadReport`, whatever the rows
-    are read from: ``on_error="raise"`` re-raises a row's :class:`RecordError`, ``"skip"`` counts it."""
+    are read from: ``on_error="raise"`` re-raises a row's :class:`RecordError`, ``"skip"`` counts it.
+    ``table``: the run's tasks (default: the released 13), which ``tasks`` and the rows' tasks name."""
 
     def __init__(self, split: str, files: Sequence[str], *, on_error: Literal["raise", "skip"] = "raise",
-                 tasks: Iterable[str | int] | None = None):
+                 tasks: Iterable[str | int] | None = None, table: tasks_lib.TaskTable | None = None):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
-        self.wanted = _task_filter(tasks)
+        self.table = table or tasks_lib.RELEASED
+        self.wanted = _task_filter(tasks, self.table)
         self.report = LoadReport(split=split, files=list(files))
         self.records: list[Record] = []
 
@@ -443,16 +454,18 @@ def load_split(
     on_error: Literal["raise", "skip"] = "raise",
     tasks: Iterable[str | int] | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    table: tasks_lib.TaskTable | None = None,
 ) -> tuple[list[Record], LoadReport]:
     """Read and validate every JSONL row of ``split``; keep only ``tasks`` when given (others are counted).
 
     ``on_error="raise"`` stops at the first bad row with a :class:`RecordError`; ``"skip"`` skips it
-    and counts it in the report. Blank lines are counted, not errors.
+    and counts it in the report. Blank lines are counted, not errors. ``table``: the run's tasks
+    (`config.task_table`; default: the released 13); a row naming a task outside it is ``unknown_task``.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     files = split_files(data_dir, split)
-    rows = RowCollector(split, [str(p) for p in files], on_error=on_error, tasks=tasks)
+    rows = RowCollector(split, [str(p) for p in files], on_error=on_error, tasks=tasks, table=table)
     for path in files:
         for line_no, raw in _read_lines(path, max_line_bytes):
             if raw is not None and not raw.strip():
@@ -460,5 +473,5 @@ def load_split(
             elif raw is None:
                 rows.add(_too_long, path, line_no, max_line_bytes)
             else:
-                rows.add(_parse, raw, str(path), line_no, max_line_bytes)
+                rows.add(_parse, raw, str(path), line_no, max_line_bytes, rows.table)
     return rows.records, rows.report

@@ -7,7 +7,8 @@ With --base, a bare HF checkpoint (Mistral, Llama or Qwen2, its own tokenizer) i
 --data, as the paper's "w/o finetuning" rows of other models (Llama-3-8B-Instruct with --prompt_format llama3,
 Qwen2.5-7B-Instruct with qwen).
 
-Evaluates a run's checkpoint (default: the latest) on the 13 tasks of its own dataset and writes
+Evaluates a run's checkpoint (default: the latest) on the tasks of its table (the 13 released and its
+config.added_tasks) in its own dataset and writes
 into --out (default RUN_DIR/eval/<step>, or RUN_DIR/eval/base with --base_only; a split other than
 test adds "-<split>"):
 - metrics.json: every task's headline score and details (evaluate/runner.py);
@@ -27,12 +28,14 @@ import numpy as np
 from absl import flags
 
 from recfound_jax import cli, jsonio
+from recfound_jax import config as config_lib
+from recfound_jax import tasks as tasks_lib
 from recfound_jax.data.prompt_formats import PROMPT_FORMATS
 from recfound_jax.evaluate import plots, report, runner
 from recfound_jax.inference.recfound import RecFound
 from recfound_jax.offline import go_offline
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import GENERATIVE_TASKS, TASKS, get_task
+from recfound_jax.tasks import TaskTable
 
 FLAGS = flags.FlagValues()
 _RUN = flags.DEFINE_string("run", None, "the run directory", flag_values=FLAGS)
@@ -44,7 +47,7 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest
 _SPLIT = flags.DEFINE_string("split", "test", "data split to evaluate", flag_values=FLAGS)
 _DATA = flags.DEFINE_string("data", None, "dataset directory (default: the run's, from run.json)", flag_values=FLAGS)
 _TASKS = flags.DEFINE_list("tasks", None, "task names or short names, e.g. QR,SA (default: the run's data.tasks, "
-                           "else all 13)",
+                           "else every task of its table)",
                            flag_values=FLAGS)
 _BASE_ONLY = flags.DEFINE_bool("base_only", False, "evaluate the base model without adapters", flag_values=FLAGS)
 _PROMPT_FORMAT = flags.DEFINE_enum("prompt_format", "gritlm", PROMPT_FORMATS, "how generation prompts are wrapped: "
@@ -77,19 +80,20 @@ flags.register_multi_flags_validator(
     flag_values=FLAGS)
 
 
-def parse_budgets(specs: Sequence[str] | None) -> dict[str, int] | None:
-    """--max_new_tokens: None, or budgets by task short name from "N" (every generative task) and
-    "TASK=N" items, later items winning: "64", "UP=512,SR=4", "16,UP=512"."""
+def parse_budgets(specs: Sequence[str] | None, table: TaskTable | None = None) -> dict[str, int] | None:
+    """--max_new_tokens: None, or budgets by task short name from "N" (every generative task of ``table``,
+    default the released 13) and "TASK=N" items, later items winning: "64", "UP=512,SR=4", "16,UP=512"."""
     if not specs:
         return None
+    table = table or tasks_lib.RELEASED
     budgets: dict[str, int] = {}
     for spec in specs:
         task, sep, value = spec.rpartition("=")
         if not sep:
-            budgets.update(dict.fromkeys([t.short for t in GENERATIVE_TASKS], _budget("--max_new_tokens", value)))
+            budgets.update(dict.fromkeys([t.short for t in table.generative], _budget("--max_new_tokens", value)))
             continue
         try:
-            found = get_task(task.strip())
+            found = table.get(task.strip())
         except KeyError as err:
             cli.usage_error(f"--max_new_tokens: {err.args[0]}")
         if found.is_embedding:
@@ -104,32 +108,43 @@ def _budget(where: str, value: str) -> int:
     return int(value)
 
 
+def run_table(run_dir: Path) -> TaskTable:
+    """The task table of a run's config (the released 13 where there is no run config to read: loading the
+    run then says what is wrong)."""
+    try:
+        return config_lib.task_table(rundir.read_config(run_dir))
+    except FileNotFoundError:
+        return tasks_lib.RELEASED
+
+
 def task_routing(rf: Any, base_only: bool) -> np.ndarray | None:
-    """`RecFound.routing` of all 13 tasks, for a model with a task router (None for the base alone)."""
+    """`RecFound.routing` of every task of the run's table, for a model with a task router (None for the base
+    alone)."""
     adapters = rf.model.adapters
     if base_only or adapters is None or not adapters.cfg.enabled:
         return None
     return rf.routing()
 
 
-def write_plots(routing: np.ndarray | None, run_dir: Path, out: Path) -> list[Path]:
-    """routing.png (given the tasks' routing), schedule.png and probe_loss.png (when the run logged those
-    series)."""
+def write_plots(routing: np.ndarray | None, run_dir: Path, out: Path, table: TaskTable | None = None) -> list[Path]:
+    """routing.png (given the routing of every task of the run's ``table``, default the released 13),
+    schedule.png and probe_loss.png (when the run logged those series)."""
+    table = table or tasks_lib.RELEASED
     written = []
     if routing is not None:
-        written.append(plots.routing_heatmap(routing, [t.name for t in TASKS], out / "routing.png"))
+        written.append(plots.routing_heatmap(routing, list(table.tasks), out / "routing.png"))
     records = plots.read_metrics_log(run_dir)
-    if plots.has_series(records, "ratio"):
-        written.append(plots.schedule_plot(records, out / "schedule.png"))
-    if plots.has_series(records, "probe"):
-        written.append(plots.probe_loss_plot(records, out / "probe_loss.png"))
+    if plots.has_series(records, "ratio", table):
+        written.append(plots.schedule_plot(records, out / "schedule.png", table=table))
+    if plots.has_series(records, "probe", table):
+        written.append(plots.probe_loss_plot(records, out / "probe_loss.png", table=table))
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, then write metrics.json, results.md and the plots; print the tables."""
     cli.parse(FLAGS, argv, __doc__)
-    budgets = parse_budgets(_MAX_NEW_TOKENS.value)
+    budgets = parse_budgets(_MAX_NEW_TOKENS.value, tasks_lib.RELEASED if _BASE.value else run_table(Path(_RUN.value)))
     go_offline()
     split = _SPLIT.value
     if _BASE.value:
@@ -151,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    prompt_format=rf.prompt_format)
     routing = task_routing(rf, base_only)
     if routing is not None:
-        metrics["routing_similarity"] = plots.class_similarity(routing, [t.name for t in TASKS])
+        metrics["routing_similarity"] = plots.class_similarity(routing, list(rf.table.tasks))
 
     out = Path(_OUT.value) if _OUT.value else report.default_out_dir(run_dir, rf.step, split, base_only)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,14 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = [(spec.split("=", 1)[0], jsonio.read_json(spec.split("=", 1)[1])) for spec in _BASELINES.value]
     chance = report.load_chance(data_dir) if split == "test" else None
     markdown = report.results_markdown(metrics, name=name, baselines=baselines, chance=chance,
-                                       title=f"Evaluation of {run_dir} ({split})")
+                                       title=f"Evaluation of {run_dir} ({split})", table=rf.table)
     (out / "results.md").write_text(markdown, encoding="utf-8")
     if not _BASE.value:
-        write_plots(routing, run_dir, out)
+        write_plots(routing, run_dir, out, rf.table)
     rows = [(name, metrics), *baselines] + ([("chance", chance)] if chance else [])
-    print(report.generative_table(rows))
+    print(report.generative_table(rows, table=rf.table))
     print()
-    print(report.embedding_table(rows))
+    print(report.embedding_table(rows, table=rf.table))
     print(f"\nwritten to {out}")
     return 0
 

@@ -59,7 +59,9 @@ def _ave_baseline(train: list[Row], test: list[Row]) -> list[str]:
 
 
 def chance_levels(rows: dict[str, dict[str, list[Row]]], seed: int) -> dict[str, dict]:
-    """{task: {"metric", "chance", "how"}}: chance or trivial-baseline scores on the test split."""
+    """{task: {"metric", "chance", "how"}}: chance or trivial-baseline scores on the test split, of the 13
+    released tasks (the synthetic world has no others); a run's added tasks have no chance level, and the
+    report leaves their chance cells blank."""
     rng = np.random.default_rng([seed, 2])
     test = {t.short: rows["test"][t.name] for t in TASKS}
     train = {t.short: rows["train"][t.name] for t in TASKS}

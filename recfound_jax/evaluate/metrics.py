@@ -22,13 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from recfound_jax.tasks import get_task
+from recfound_jax import tasks as tasks_lib
+from recfound_jax.tasks import Task, TaskTable
 
-# The option letters each macro-F1 task answers with.
-MACRO_F1_CLASSES: dict[str, str] = {
-    "Product_Relation_Prediction": "ABC",
-    "Sentiment_Analysis": "ABCDE",
-}
 _OPTION_LETTERS = frozenset(string.ascii_uppercase)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -450,26 +446,32 @@ def text_f1(
 
 
 def score_task(
-    task_name: str,
+    task: Task | str | int,
     predictions: Sequence[str],
     references: Sequence[str],
     *,
     bertscore_model: str | None = None,
     bertscore_layer: int | None = None,
     bertscore_batch_size: int = 8,
+    table: TaskTable | None = None,
 ) -> dict[str, Any]:
-    """Score one generative task with the metric its registry entry names.
+    """Score one generative task with the metric its table entry names; a macro_f1 task with its own
+    option letters (`Task.classes`).
 
+    ``task``: a Task (of any run's table), or a name, short name or id of ``table`` (default: the released 13).
     The BERTScore options only apply to the text tasks (metric "text_f1"). The result also holds
-    ``task`` (the released name) and ``task_metric`` (the registry's metric name).
+    ``task`` (the task's name) and ``task_metric`` (its metric name).
     """
-    task = get_task(task_name)
+    if not isinstance(task, Task):
+        task = (table or tasks_lib.RELEASED).get(task)
     if task.kind != "generative":
         raise ValueError(f"{task.name} is an embedding task: score it with evaluate.retrieval")
     if task.metric == "recall@1":
         result = recall_at_1(predictions, references)
     elif task.metric == "macro_f1":
-        result = macro_f1(predictions, references, MACRO_F1_CLASSES[task.name])
+        if not task.classes:
+            raise ValueError(f"task {task.name} is scored by macro_f1 but names no classes (its option letters)")
+        result = macro_f1(predictions, references, task.classes)
     elif task.metric == "yes_f1":
         result = yes_f1(predictions, references)
     elif task.metric == "triple_f1":

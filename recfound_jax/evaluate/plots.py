@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from recfound_jax.tasks import TASKS, get_task  # noqa: E402
+from recfound_jax import tasks as tasks_lib  # noqa: E402
+from recfound_jax.tasks import Task, TaskTable  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 BRANCHES = (("embedding", "Embedding tasks"), ("generative", "Generative tasks"))
@@ -33,6 +34,12 @@ def read_metrics_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _resolve(tasks: Sequence[Task | str | int], table: TaskTable | None) -> list[Task]:
+    """Tasks given as Tasks, or as names, short names or ids of ``table`` (default: the released 13)."""
+    table = table or tasks_lib.RELEASED
+    return [t if isinstance(t, Task) else table.get(t) for t in tasks]
+
+
 def cosine_similarity(rows: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows of a [n, features] matrix (a zero row gives zeros)."""
     x = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
@@ -40,12 +47,14 @@ def cosine_similarity(rows: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
-def class_similarity(routing: np.ndarray, tasks: Sequence[str | int]) -> dict[str, float | None]:
+def class_similarity(routing: np.ndarray, tasks: Sequence[Task | str | int],
+                     table: TaskTable | None = None) -> dict[str, float | None]:
     """Figure 2's averages: the mean cosine similarity of the routing of two different embedding tasks
     (``intra_embedding``), of two different generative tasks (``intra_generative``) and of an embedding
-    task and a generative one (``cross``); None where the tasks give no such pair."""
+    task and a generative one (``cross``); None where the tasks give no such pair. ``tasks``: Tasks, or keys
+    of ``table`` (default: the released 13)."""
     sim = cosine_similarity(routing)
-    embedding = np.array([get_task(t).is_embedding for t in tasks])
+    embedding = np.array([t.is_embedding for t in _resolve(tasks, table)])
     different = ~np.eye(len(embedding), dtype=bool)
     pairs = {"intra_embedding": np.outer(embedding, embedding) & different,
              "intra_generative": np.outer(~embedding, ~embedding) & different,
@@ -54,13 +63,15 @@ def class_similarity(routing: np.ndarray, tasks: Sequence[str | int]) -> dict[st
 
 
 def routing_heatmap(
-    routing: np.ndarray, tasks: Sequence[str | int], path: str | os.PathLike, *, title: str | None = None
+    routing: np.ndarray, tasks: Sequence[Task | str | int], path: str | os.PathLike, *, title: str | None = None,
+    table: TaskTable | None = None,
 ) -> Path:
     """Figure 2: the cosine similarity between the tasks' routing (gate) distributions.
 
-    routing: [n_tasks, features], row i the gates of ``tasks[i]`` (e.g. `RecFound.routing()`).
+    routing: [n_tasks, features], row i the gates of ``tasks[i]`` (e.g. `RecFound.routing()`); ``tasks``:
+    Tasks, or keys of ``table`` (default: the released 13).
     """
-    labels = [get_task(t).short for t in tasks]
+    labels = [t.short for t in _resolve(tasks, table)]
     if len(labels) != len(routing):
         raise ValueError(f"{len(routing)} routing rows for {len(labels)} tasks")
     sim = cosine_similarity(routing)
@@ -86,11 +97,11 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np
 
 
 def _branch_plot(records: Sequence[dict[str, Any]], prefix: str, ylabel: str, path: str | os.PathLike,
-                 title: str) -> Path:
-    """One panel per branch, one line per task of ``{prefix}/{task}``."""
+                 title: str, table: TaskTable | None) -> Path:
+    """One panel per branch, one line per task of ``table`` (default: the released 13) with ``{prefix}/{task}``."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (kind, branch_title) in zip(axes, BRANCHES):
-        for task in (t for t in TASKS if t.kind == kind):
+        for task in (t for t in (table or tasks_lib.RELEASED).tasks if t.kind == kind):
             steps, values = _series(records, f"{prefix}/{task.name}")
             if len(steps):
                 ax.plot(steps, values, label=task.short, linewidth=1.2)
@@ -106,19 +117,22 @@ def _branch_plot(records: Sequence[dict[str, Any]], prefix: str, ylabel: str, pa
     return _save(fig, path)
 
 
-def schedule_plot(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Figure 3: the S2Sched sampling ratio of each task over the training steps ("ratio/<task>")."""
-    return _branch_plot(records, "ratio", "sampling ratio", path, "S2Sched ratios")
+def schedule_plot(records: Sequence[dict[str, Any]], path: str | os.PathLike, *,
+                  table: TaskTable | None = None) -> Path:
+    """Figure 3: the S2Sched sampling ratio of each task of the run's ``table`` over the training steps
+    ("ratio/<task>")."""
+    return _branch_plot(records, "ratio", "sampling ratio", path, "S2Sched ratios", table)
 
 
-def probe_loss_plot(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """The validation probe loss of each task over the training steps ("probe/<task>")."""
-    return _branch_plot(records, "probe", "probe loss", path, "Per-task probe losses")
+def probe_loss_plot(records: Sequence[dict[str, Any]], path: str | os.PathLike, *,
+                    table: TaskTable | None = None) -> Path:
+    """The validation probe loss of each task of the run's ``table`` over the training steps ("probe/<task>")."""
+    return _branch_plot(records, "probe", "probe loss", path, "Per-task probe losses", table)
 
 
-def has_series(records: Sequence[dict[str, Any]], prefix: str) -> bool:
-    """Whether any record holds a ``{prefix}/<task>`` value."""
-    return any(f"{prefix}/{t.name}" in r for r in records for t in TASKS)
+def has_series(records: Sequence[dict[str, Any]], prefix: str, table: TaskTable | None = None) -> bool:
+    """Whether any record holds a ``{prefix}/<task>`` value of a task of ``table`` (default: the released 13)."""
+    return any(f"{prefix}/{t.name}" in r for r in records for t in (table or tasks_lib.RELEASED).tasks)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:

@@ -5,6 +5,11 @@ A "scores" source is any of:
 - a synthetic dataset's chance.json (``{name: {"chance": x, ...}}``);
 - a flat ``{task name or short name: number}`` (e.g. numbers copied from a paper).
 `scores_of` turns each into ``{task name: float or None}``.
+
+Rows and columns follow the tasks of a task table: the released 13 in the paper's orders, then each added
+task (config.added_tasks) in a column of its own after its kind's. Without a table given, it is the
+released one and every added task a metrics.json names (`table_of`); a source without a score of a task
+(a chance.json has the released tasks only) shows "–" there.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from recfound_jax import jsonio
-from recfound_jax.tasks import TASKS, get_task
+from recfound_jax import tasks as tasks_lib
+from recfound_jax.tasks import Task, TaskTable
 
 # Column orders of the paper's Table 2 (generative) and Table 3 (embedding).
 GENERATIVE_COLUMNS = ("QR", "AVE", "AG", "SR", "SA", "UP", "AP", "PRP", "PM", "IP")
@@ -37,13 +43,40 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def scores_of(source: Mapping[str, Any]) -> dict[str, float | None]:
-    """{task name: headline score or None} from a metrics.json, a chance.json or a flat mapping."""
-    entries = source["tasks"] if isinstance(source.get("tasks"), Mapping) else source
-    scores: dict[str, float | None] = {t.name: None for t in TASKS}
-    for key, value in entries.items():
+def _entries(source: Mapping[str, Any]) -> Mapping[str, Any]:
+    return source["tasks"] if isinstance(source.get("tasks"), Mapping) else source
+
+
+def table_of(*sources: Mapping[str, Any]) -> TaskTable:
+    """The released table and every added task the sources' metrics.json entries describe (their ``id``,
+    ``short``, ``kind`` and ``metric``, as `runner.evaluate` writes them), in id order."""
+    tasks = {t.name: t for t in tasks_lib.TASKS}
+    for source in sources:
+        for name, entry in _entries(source).items():
+            if name in tasks or not isinstance(entry, Mapping) or not {"short", "kind", "metric"} <= set(entry):
+                continue
+            if any(entry["short"] == t.short for t in tasks.values()):
+                continue
+            task_id = entry.get("id")
+            if not isinstance(task_id, int) or any(t.id == task_id for t in tasks.values()):
+                task_id = max(t.id for t in tasks.values()) + 1
+            task_id = max(task_id, tasks_lib.FIRST_ADDED_ID)
+            tasks[name] = Task(task_id, name, entry["short"], entry["kind"], entry["metric"])
+    return TaskTable(tuple(sorted(tasks.values(), key=lambda t: t.id)))
+
+
+def _table(rows: Sequence[Row], table: TaskTable | None) -> TaskTable:
+    return table if table is not None else table_of(*(source for _, source in rows))
+
+
+def scores_of(source: Mapping[str, Any], table: TaskTable | None = None) -> dict[str, float | None]:
+    """{task name: headline score or None} of every task of ``table`` (default: `table_of(source)`) from a
+    metrics.json, a chance.json or a flat mapping; a task the source does not score is None."""
+    table = table if table is not None else table_of(source)
+    scores: dict[str, float | None] = {t.name: None for t in table.tasks}
+    for key, value in _entries(source).items():
         try:
-            task = get_task(key)
+            task = table.get(key)
         except KeyError:
             continue  # other top-level fields of a metrics.json
         scores[task.name] = _number(value)
@@ -63,30 +96,41 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], *, left
     return "\n".join(lines)
 
 
-def scores_table(rows: Sequence[Row], columns: Sequence[str], *, digits: int = 3) -> str:
-    """One markdown row per (name, scores source), one column per task short name."""
+def scores_table(rows: Sequence[Row], columns: Sequence[str], *, digits: int = 3,
+                 table: TaskTable | None = None) -> str:
+    """One markdown row per (name, scores source), one column per task short name of ``table`` (default:
+    `table_of` the sources)."""
+    table = _table(rows, table)
     body = []
     for name, source in rows:
-        scores = scores_of(source)
-        body.append([name] + [_format(scores[get_task(short).name], digits) for short in columns])
+        scores = scores_of(source, table)
+        body.append([name] + [_format(scores[table.get(short).name], digits) for short in columns])
     return markdown_table(["Model", *columns], body)
 
 
-def generative_table(rows: Sequence[Row], *, digits: int = 3) -> str:
-    """Table 2's layout: QR AVE AG SR SA UP AP PRP PM IP."""
-    return scores_table(rows, GENERATIVE_COLUMNS, digits=digits)
+def table_columns(kind: str, table: TaskTable) -> tuple[str, ...]:
+    """The short names of ``kind``'s columns: the paper's released order, then the table's added tasks."""
+    released = GENERATIVE_COLUMNS if kind == "generative" else EMBEDDING_COLUMNS
+    return released + tuple(t.short for t in table.added if t.kind == kind)
 
 
-def embedding_table(rows: Sequence[Row], *, digits: int = 3) -> str:
-    """Table 3's layout: I2I (NDCG@20), Q2I (MRR@20), U2I (MRR@20)."""
-    return scores_table(rows, EMBEDDING_COLUMNS, digits=digits)
+def generative_table(rows: Sequence[Row], *, digits: int = 3, table: TaskTable | None = None) -> str:
+    """Table 2's layout: QR AVE AG SR SA UP AP PRP PM IP, then the added generative tasks."""
+    table = _table(rows, table)
+    return scores_table(rows, table_columns("generative", table), digits=digits, table=table)
 
 
-def task_detail_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
+def embedding_table(rows: Sequence[Row], *, digits: int = 3, table: TaskTable | None = None) -> str:
+    """Table 3's layout: I2I (NDCG@20), Q2I (MRR@20), U2I (MRR@20), then the added embedding tasks."""
+    table = _table(rows, table)
+    return scores_table(rows, table_columns("embedding", table), digits=digits, table=table)
+
+
+def task_detail_table(metrics: Mapping[str, Any], *, digits: int = 4, table: TaskTable | None = None) -> str:
     """Per task: metric, score, rows scored, invalid outputs (generative) or skipped queries
     (embedding), the generation budget and how many outputs reached it without an EOS, and seconds."""
     body = []
-    for task in TASKS:
+    for task in (table if table is not None else table_of(metrics)).tasks:
         r = metrics["tasks"].get(task.name)
         if r is None:
             continue
@@ -110,9 +154,9 @@ def routing_table(similarity: Mapping[str, float | None], *, digits: int = 3) ->
     return markdown_table(["Task pair", "Mean routing similarity"], body, left=1)
 
 
-def catalog_table(metrics: Mapping[str, Any], *, digits: int = 4) -> str:
+def catalog_table(metrics: Mapping[str, Any], *, digits: int = 4, table: TaskTable | None = None) -> str:
     """Full-catalog Recall@k and NDCG@k of the embedding tasks that have them."""
-    found = [(t, metrics["tasks"][t.name]) for t in TASKS
+    found = [(t, metrics["tasks"][t.name]) for t in (table if table is not None else table_of(metrics)).tasks
              if t.is_embedding and "catalog" in metrics["tasks"].get(t.name, {})]
     if not found:
         return ""
@@ -127,10 +171,10 @@ def _one_line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def examples_markdown(metrics: Mapping[str, Any]) -> str:
+def examples_markdown(metrics: Mapping[str, Any], table: TaskTable | None = None) -> str:
     """The example predictions of each generative task as markdown tables."""
     parts = []
-    for task in TASKS:
+    for task in (table if table is not None else table_of(metrics)).tasks:
         examples = metrics["tasks"].get(task.name, {}).get("examples")
         if not examples:
             continue
@@ -148,30 +192,33 @@ def results_markdown(
     baselines: Sequence[Row] = (),
     chance: Mapping[str, Any] | None = None,
     title: str = "Evaluation",
+    table: TaskTable | None = None,
 ) -> str:
     """The whole results.md: Tables 2 and 3 (the model, each baseline, chance), then per-task detail,
-    full-catalog retrieval and example predictions."""
+    full-catalog retrieval and example predictions. ``table``: the run's tasks (default: `table_of` the
+    model's metrics and the baselines'); an added task gets a column of its own."""
     rows: list[Row] = [(name, metrics), *baselines]
     if chance is not None:
         rows.append(("chance", chance))
+    table = _table(rows, table)
     settings = ", ".join(f"{k}={metrics.get(k)}" for k in ("split", "step", "limit_per_task", "embedding_stride",
                                                            "prompt_format", "max_new_tokens") if k in metrics)
     sections = [
         f"# {title}",
         settings,
         "## Generative tasks (Table 2 layout)",
-        generative_table(rows),
+        generative_table(rows, table=table),
         "## Embedding tasks (Table 3 layout: I2I NDCG@20, Q2I and U2I MRR@20)",
-        embedding_table(rows),
+        embedding_table(rows, table=table),
         "## Per task",
-        task_detail_table(metrics),
+        task_detail_table(metrics, table=table),
     ]
-    catalog = catalog_table(metrics)
+    catalog = catalog_table(metrics, table=table)
     if catalog:
         sections += ["## Full-catalog retrieval", catalog]
     if metrics.get("routing_similarity"):
         sections += ["## Routing similarity (Figure 2: routing.png)", routing_table(metrics["routing_similarity"])]
-    examples = examples_markdown(metrics)
+    examples = examples_markdown(metrics, table)
     if examples:
         sections += ["## Example predictions", examples]
     return "\n\n".join(s for s in sections if s) + "\n"

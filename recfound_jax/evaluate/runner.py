@@ -1,4 +1,4 @@
-"""Evaluate a model on the 13 tasks of a split (docs/method.md, "Evaluation").
+"""Evaluate a model on the tasks of its run's table in a split (docs/method.md, "Evaluation").
 
 `evaluate(rf, data_dir)` reads the rows with `sources.load_split` (any form of data.dir) and scores every task:
 
@@ -25,11 +25,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recfound_jax import config as config_lib
+from recfound_jax import tasks as tasks_lib
 from recfound_jax.data import from_logs, sources
 from recfound_jax.data import records as records_lib
 from recfound_jax.evaluate import metrics, retrieval
 from recfound_jax.inference.recfound import RecFound
-from recfound_jax.tasks import RELEASED_MAX_NEW_TOKENS, TASKS, Task, get_task
+from recfound_jax.tasks import Task, TaskTable
 
 NUM_EXAMPLES = 3
 EXAMPLE_PROMPT_CHARS = 300
@@ -39,18 +40,23 @@ SEED = 42
 Budgets = int | Mapping[str, int]
 
 
+def table_of(config: Any = None) -> TaskTable:
+    """The task table of a run config (`config.task_table`), or the released 13 without one."""
+    return tasks_lib.RELEASED if config is None else config_lib.task_table(config)
+
+
 def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> dict[str, int]:
-    """Max new tokens of each generative task, by short name: the run config's eval.max_new_tokens (a run
-    saved before that key existed loads with the released budgets as its default; with no config at all,
-    `RELEASED_MAX_NEW_TOKENS`), then ``overrides``: one budget for every task, or a budget per task (short
-    or full name), raising or lowering the config's."""
-    budgets = dict(RELEASED_MAX_NEW_TOKENS)
-    if config is not None:
-        budgets.update(config.eval.max_new_tokens.to_dict())
+    """Max new tokens of each generative task of the run's table, by short name: `config.generation_budgets`
+    (each task's table budget, then the run config's eval.max_new_tokens; a run saved before that key existed
+    loads with the released budgets as its default; with no config at all, the released table's), then
+    ``overrides``: one budget for every task, or a budget per task (short or full name), raising or lowering
+    the config's."""
+    table = table_of(config)
+    budgets = table.max_new_tokens() if config is None else config_lib.generation_budgets(config)
     if isinstance(overrides, int):
         overrides = {short: overrides for short in budgets}
     for key, budget in (overrides or {}).items():
-        task = get_task(key)
+        task = table.get(key)
         if task.is_embedding:
             raise ValueError(f"max_new_tokens: {task.short} is an embedding task; it generates nothing")
         if budget < 1:
@@ -59,9 +65,11 @@ def generation_budgets(config: Any = None, overrides: Budgets | None = None) -> 
     return budgets
 
 
-def load_task_rows(data_dir: str, split: str, tasks: Sequence[Task]) -> dict[str, list[records_lib.Record]]:
-    """The rows of each task in the split, in file order."""
-    rows, _ = sources.load_split(data_dir, split, tasks=[t.name for t in tasks])
+def load_task_rows(data_dir: str, split: str, tasks: Sequence[Task],
+                   table: TaskTable | None = None) -> dict[str, list[records_lib.Record]]:
+    """The rows of each task in the split, in file order; rows may name any task of ``table`` (default: the
+    released 13)."""
+    rows, _ = sources.load_split(data_dir, split, tasks=[t.name for t in tasks], table=table)
     by_task: dict[str, list[records_lib.Record]] = {t.name: [] for t in tasks}
     for row in rows:
         by_task[row.task].append(row)
@@ -87,7 +95,7 @@ def evaluate_generative(
     references = [row.turns[-1][1] for row in rows]
     ids = rf.generate_ids(prompts, task=task.name, max_new_tokens=max_new_tokens, batch_size=batch_size)
     predictions = [rf.tokenizer.decode(row) for row in ids]
-    result = metrics.score_task(task.name, predictions, references, bertscore_model=bertscore_model,
+    result = metrics.score_task(task, predictions, references, bertscore_model=bertscore_model,
                                 bertscore_layer=bertscore_layer)
     result["max_new_tokens"] = max_new_tokens
     result["hit_max_new_tokens"] = sum(len(row) >= max_new_tokens for row in ids)
@@ -136,6 +144,13 @@ class Passages:
         return self.of_pairs([self.first[t] for t in texts])
 
 
+def sampled_protocol(task: Task) -> tuple[int, bool]:
+    """(negatives per query, whether the metric is NDCG@20) of an embedding task's sampled protocol: the
+    released one for U2I, Q2I, I2I; for an added task its metric's (mrr@20: 19 negatives, ndcg@20: 5)."""
+    ndcg = task.metric == "ndcg@20"
+    return SAMPLED_NEGATIVES.get(task.short, 5 if ndcg else 19), ndcg
+
+
 def _sampled_metric(task: Task, rows: Sequence[records_lib.EmbeddingRecord],
                     queries: Sequence[records_lib.EmbeddingRecord], query_emb: np.ndarray,
                     passages: Passages) -> dict[str, Any]:
@@ -150,8 +165,9 @@ def _sampled_metric(task: Task, rows: Sequence[records_lib.EmbeddingRecord],
     never = [{text for _, text in row.pos} | ({row.query[1]} if task.short == "I2I" else set()) for row in queries]
     exclude = [[j for text in texts for j in pool_by_text.get(text, [])] for texts in never]
     query_sources = [row.source for row in queries]
-    common = dict(num_negatives=SAMPLED_NEGATIVES[task.short], k=SAMPLED_K, seed=SEED, exclude=exclude)
-    if task.short == "I2I":
+    num_negatives, ndcg = sampled_protocol(task)
+    common = dict(num_negatives=num_negatives, k=SAMPLED_K, seed=SEED, exclude=exclude)
+    if ndcg:
         positives = [passages.of_pairs(row.pos) for row in queries]
         result = retrieval.sampled_ndcg(query_emb, positives, query_sources, pool_emb, pool_sources, **common)
     else:
@@ -234,12 +250,14 @@ def evaluate_embedding(
 
 
 def _select_tasks(tasks: Iterable[str | int] | None, config: Any = None) -> list[Task]:
-    """``tasks``, else the tasks the run trained (its data.tasks), else all 13, in id order."""
+    """``tasks`` (of the run's table), else the tasks the run trained (its data.tasks), else every task of
+    its table (the released 13 without a config), in id order."""
+    table = table_of(config)
     if tasks is None:
         if config is None or not config.data.get("tasks"):
-            return list(TASKS)
+            return list(table.tasks)
         return sorted((t for kind in config_lib.run_tasks(config) for t in kind), key=lambda t: t.id)
-    return sorted({get_task(t) for t in tasks}, key=lambda t: t.id)
+    return sorted({table.get(t) for t in tasks}, key=lambda t: t.id)
 
 
 def evaluate(
@@ -267,9 +285,10 @@ def evaluate(
     """
     if embedding_stride < 1:
         raise ValueError(f"embedding_stride must be >= 1, got {embedding_stride}")
-    budgets = generation_budgets(getattr(rf, "config", None), max_new_tokens)
-    selected = _select_tasks(tasks, getattr(rf, "config", None))
-    rows = load_task_rows(data_dir, split, selected)
+    config = getattr(rf, "config", None)
+    budgets = generation_budgets(config, max_new_tokens)
+    selected = _select_tasks(tasks, config)
+    rows = load_task_rows(data_dir, split, selected, table_of(config))
     start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     bar = tqdm(selected, desc=f"evaluate {split}", unit="task", disable=not progress)
@@ -286,7 +305,7 @@ def evaluate(
             result = evaluate_generative(rf, task, rows[task.name][:limit_per_task],
                                          max_new_tokens=budgets[task.short], bertscore_model=bertscore_model,
                                          bertscore_layer=bertscore_layer)
-        result.update(short=task.short, kind=task.kind, metric=task.metric,
+        result.update(id=task.id, short=task.short, kind=task.kind, metric=task.metric,
                       seconds=round(time.perf_counter() - task_start, 3))
         results[task.name] = result
     bar.close()

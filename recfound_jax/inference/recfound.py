@@ -3,14 +3,15 @@
     rf = RecFound.from_run("runs/demo")                     # latest checkpoint, with its adapters
     vectors = rf.embed(["red running shoes"], task="Q2I", instruction="Retrieve the product")
     answers = rf.generate([prompt], task="SR", max_new_tokens=1)
-    gates = rf.routing()                                     # [13 tasks, features] for the Figure-2 heatmap
+    gates = rf.routing()                                     # [tasks of the run's table, features] (Figure 2)
 
 Inputs use exactly the training formats (data/formatting.py): embeddings are GritLM's
 ``<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`` (or ``<s><|embed|>\\n{text}``) under bidirectional
 attention, mean-pooled over the text tokens and L2-normalised, as the training loss sees them;
 generation feeds ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n`` (or a chat model's own format,
 ``prompt_format``: data/prompt_formats.py) and decodes greedily (inference/decoding.py). Both are jitted
-on bucketed shapes and routed by the task's id.
+on bucketed shapes and routed by the task's id. Tasks resolve in the run's table (`RecFound.table`: the
+released 13 and the run's config.added_tasks).
 """
 from __future__ import annotations
 
@@ -24,23 +25,29 @@ import ml_collections
 import numpy as np
 
 from recfound_jax import config as config_lib
+from recfound_jax import tasks as tasks_lib
 from recfound_jax.data import formatting, prompt_formats
 from recfound_jax.inference import decoding
 from recfound_jax.inference.encoding import EmbeddingEncoder
 from recfound_jax.model.mistral import Mistral
 from recfound_jax.runs import rundir
-from recfound_jax.tasks import TASKS, Task, get_task
+from recfound_jax.tasks import Task, TaskTable
 from recfound_jax.tokenizer import TextTokenizer, load_tokenizer
 
 ROLES = ("query", "passage")
 
 
-def resolve_task(task: Task | str | int, kind: str | None = None) -> Task:
-    """The task named by released name, short name or id (or a Task); with ``kind``, it must be of that kind."""
+def resolve_task(task: Task | str | int, kind: str | None = None, table: TaskTable | None = None) -> Task:
+    """The task of ``table`` (default: the released 13) named by name, short name or id, or a Task of it; with
+    ``kind``, it must be of that kind. KeyError lists the table's names."""
+    table = table or tasks_lib.RELEASED
     if isinstance(task, Task):
+        if task not in table.tasks:
+            raise KeyError(f"task {task.name} (id {task.id}) is not a task of this run's table; "
+                           f"valid tasks: {', '.join(t.name for t in table.tasks)}")
         found = task
     else:
-        found = get_task(int(task) if isinstance(task, (int, np.integer)) else task)
+        found = table.get(int(task) if isinstance(task, (int, np.integer)) else task)
     if kind is not None and found.kind != kind:
         raise ValueError(f"task {found.name} is a {found.kind} task, not a {kind} one")
     return found
@@ -62,6 +69,11 @@ class RecFound:
         self._formatter = formatting.Formatter(tokenizer)
         self._encoder: EmbeddingEncoder | None = None
         self._generator: decoding.GreedyGenerator | None = None
+        self.table = config_lib.task_table(config)  # the run's tasks: the released 13 and config.added_tasks
+
+    def task(self, task: Task | str | int, kind: str | None = None) -> Task:
+        """A task of the run's table (`resolve_task` in `table`)."""
+        return resolve_task(task, kind, self.table)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, step: int | None = None, *, base_only: bool = False,
@@ -107,7 +119,7 @@ class RecFound:
     def embed_pairs(self, pairs: Sequence[tuple[str | None, str]], *, task: Task | str | int, role: str = "query",
                     batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
         """L2-normalised float32 [n, hidden] embeddings of (instruction, text) pairs, as the data carries them."""
-        task_id = resolve_task(task, "embedding").id
+        task_id = self.task(task, "embedding").id
         max_len = self._role_len(role)
         formatted = self._formatter.embedding_many([("" if i is None else i, t) for i, t in pairs], max_len)
         return self.encoder.encode([ids for ids, _ in formatted], [n for _, n in formatted], task_id,
@@ -141,7 +153,7 @@ class RecFound:
     def generate_ids(self, prompts: Sequence[str], *, task: Task | str | int, max_new_tokens: int = 64,
                      batch_size: int = 16, progress: bool | None = None) -> list[np.ndarray]:
         """Greedy answer token ids of each prompt, up to (not including) its first EOS."""
-        task_id = resolve_task(task, "generative").id
+        task_id = self.task(task, "generative").id
         tokens = self.generator.generate(self.prompt_ids(prompts), task_id, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, progress=progress)
         return [decoding.trim_at_eos(row, self.tokenizer.eos_id) for row in tokens]
@@ -156,14 +168,18 @@ class RecFound:
     # ------------------------------------------------------------------------------------ routing
     def routing(self, tasks: Sequence[Task | str | int] | None = None) -> np.ndarray:
         """[n_tasks, features]: each task's gate distributions over experts, concatenated over the
-        target projections (q, k, v, o order) and layers; default all 13 tasks in id order."""
+        target projections (q, k, v, o order) and layers, then those of the added banks when the run has
+        them (extend.new_experts); default every task of the run's table in id order."""
         adapters = self.model.adapters
         if adapters is None or not adapters.cfg.enabled:
             raise ValueError("routing needs a TMoLE model with adapters (not base_only, not a plain LoRA run)")
-        ids = jnp.asarray([resolve_task(t).id for t in (TASKS if tasks is None else tasks)], jnp.int32)
-        # {target: [L, n_tasks, N]}; each of the 13 tasks routes to its kind's experts on either path
+        ids = jnp.asarray([self.task(t).id for t in (self.table.tasks if tasks is None else tasks)], jnp.int32)
+        # {target: [L, n_tasks, N]}; each task routes to its kind's experts on either path
         gates = adapters.gates(ids, "generation")
         features = [np.swapaxes(np.asarray(gates[t], np.float32), 0, 1).reshape(len(ids), -1)
                     for t in adapters.cfg.targets]
+        added = adapters.added_gates(ids)  # {} without added banks; 0 for the released tasks
+        features += [np.swapaxes(np.asarray(added[t], np.float32), 0, 1).reshape(len(ids), -1)
+                     for t in adapters.cfg.targets if t in added]
         return np.concatenate(features, axis=1)
 

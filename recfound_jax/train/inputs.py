@@ -71,16 +71,21 @@ def total_steps(c: ml_collections.ConfigDict, train: formatting.TokenizedSplit) 
 def prepare_inputs(c: ml_collections.ConfigDict, workdir: Path, progress: bool = True) -> Inputs:
     """Find (or generate) the dataset and validate every row of train and valid, then build or find the
     base, then tokenize both splits (``datasets``' cache under ``workdir/token_cache``): a bad row fails before
-    any base is built."""
+    any base is built. Rows may name any task of the run's table (`config.task_table`); a trained added task
+    needs rows in the train split, and a data.dir other than "synthetic" (`sources.check_synthetic_tasks`)."""
+    table = config_lib.task_table(c)
+    trained = [t for kind in config_lib.run_tasks(c) for t in kind]
+    sources.check_synthetic_tasks(c.data.dir, table, trained)
     data = resolve_data(c)
-    tasks = [t.id for kind in config_lib.run_tasks(c) for t in kind]  # rows of other tasks are counted, not kept
-    loaded = {split: sources.load_split(data, split, on_error=c.data.on_error, tasks=tasks)
+    tasks = [t.id for t in trained]  # rows of other tasks are counted, not kept
+    loaded = {split: sources.load_split(data, split, on_error=c.data.on_error, tasks=tasks, table=table)
               for split in ("train", "valid")}
+    sources.check_added_task_rows(table, trained, loaded["train"][1], data)
     base = resolve_base(c, progress=progress)
     tokenizer = load_tokenizer(rundir.tokenizer_path(base))
     kwargs = dict(query_max_len=c.data.query_len, passage_max_len=c.data.passage_len,
                   generative_max_len=c.data.generative_len, cache_dir=workdir / "token_cache",
-                  on_error=c.data.on_error, tasks=tasks, num_proc=c.data.num_proc, progress=progress)
+                  on_error=c.data.on_error, tasks=tasks, num_proc=c.data.num_proc, progress=progress, table=table)
     train = hf_tokenize.tokenize_split(data, "train", tokenizer, loaded=loaded["train"], **kwargs)
     valid = hf_tokenize.tokenize_split(data, "valid", tokenizer, loaded=loaded["valid"], **kwargs)
     for split in (train, valid):

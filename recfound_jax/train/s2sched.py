@@ -31,8 +31,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from recfound_jax import config as config_lib
+from recfound_jax import tasks as tasks_lib
 from recfound_jax.data.batching import largest_remainder
-from recfound_jax.tasks import get_task
 
 _MIN_CAPACITY = 16
 
@@ -218,10 +218,11 @@ def _ratio_of(ratio: float, total: int) -> int:
     return math.floor(round(ratio * total, 9))
 
 
-def _prior_vector(size_prior: Mapping[str | int, float], task_ids: Sequence[int]) -> np.ndarray:
+def _prior_vector(size_prior: Mapping[str | int, float], task_ids: Sequence[int],
+                  table: tasks_lib.TaskTable) -> np.ndarray:
     """The size prior as a vector over the branch's tasks; keys of other branches are ignored."""
-    by_id = {get_task(key).id: float(weight) for key, weight in size_prior.items()}
-    missing = [get_task(task_id).name for task_id in task_ids if task_id not in by_id]
+    by_id = {table.get(key).id: float(weight) for key, weight in size_prior.items()}
+    missing = [table.get(task_id).name for task_id in task_ids if task_id not in by_id]
     if missing:
         raise ValueError(f"s2sched.size_prior has no weight for {', '.join(missing)}")
     prior = np.array([by_id[task_id] for task_id in task_ids], dtype=np.float64)
@@ -239,15 +240,20 @@ class S2Sched:
     Usage per training step: `if sched.should_observe(step): sched.observe(step, probe_losses(model))`,
     then `sched.counts(step)`. Call `set_normaliser(losses)` once before training with the probe
     losses of the initial model.
+
+    ``table``: the run's task table (`config.task_table`; default: the released 13), which ``task_ids`` and
+    the size prior's keys name.
     """
 
-    def __init__(self, config: S2SchedConfig, task_ids: Sequence[int], batch_size: int, total_steps: int):
+    def __init__(self, config: S2SchedConfig, task_ids: Sequence[int], batch_size: int, total_steps: int, *,
+                 table: tasks_lib.TaskTable | None = None):
         self.config = config
+        self.table = table or tasks_lib.RELEASED
         self.task_ids = tuple(int(task_id) for task_id in task_ids)
         if not self.task_ids or len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError(f"task_ids must be non-empty and distinct, got {task_ids}")
         for task_id in self.task_ids:
-            get_task(task_id)
+            self.table.get(task_id)
         if not _is_int(batch_size) or batch_size < 0:
             raise ValueError(f"batch_size must be an integer >= 0, got {batch_size}")
         if not _is_int(total_steps) or total_steps < 1:
@@ -258,7 +264,7 @@ class S2Sched:
         self.warmup_steps = (
             int(cfg.warmup_steps) if cfg.warmup_steps >= 0 else _ratio_of(cfg.warmup_ratio, total_steps)
         )
-        self._prior = None if cfg.size_prior is None else _prior_vector(cfg.size_prior, self.task_ids)
+        self._prior = None if cfg.size_prior is None else _prior_vector(cfg.size_prior, self.task_ids, self.table)
         scheduled = math.ceil(max(total_steps - self.warmup_steps, 0) / cfg.update_every) + 1
         self._reset(_capacity_for(scheduled))
 
@@ -288,7 +294,7 @@ class S2Sched:
         array = np.asarray(losses, dtype=np.float64)
         if array.shape != (self.num_tasks,):
             raise ValueError(f"expected {self.num_tasks} probe losses (tasks {self.task_ids}), got {array.shape}")
-        bad = [get_task(t).name for t, value in zip(self.task_ids, array) if not np.isfinite(value)]
+        bad = [self.table.get(t).name for t, value in zip(self.task_ids, array) if not np.isfinite(value)]
         if bad:
             raise ValueError(f"non-finite probe loss for {', '.join(bad)}")
         return array
