@@ -1,6 +1,6 @@
-"""Q2I added to a trained `demo_12tasks` run:
+"""Q2I added to a trained `demo_without_q2i` run:
 
-    python -m recfound_jax.train --config demo_extend_q2i --extend runs/demo_12tasks --workdir runs/demo_q2i_frozen
+    python -m recfound_jax.train --config demo_extend_q2i --extend runs/demo_without_q2i --workdir runs/demo_q2i_frozen
     ... --config.extend.mode=replay --workdir runs/demo_q2i_replay
 
 ``frozen`` trains Q2I's task-embedding row alone (the other 12 tasks' outputs stay bit-identical);

@@ -255,7 +255,7 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
 
 def task_table(c: ml_collections.ConfigDict) -> TaskTable:
     """The run's task table: the released 13, then ``added_tasks`` (ids 14, 15, ...)."""
-    return tasks_lib.RELEASED.extended([dict(spec) for spec in c.get("added_tasks", ())])
+    return tasks_lib.table_with(c.get("added_tasks", ()))
 
 
 def run_tasks(c: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], tuple[Task, ...]]:

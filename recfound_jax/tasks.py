@@ -161,6 +161,11 @@ def task_from_spec(spec: Mapping[str, Any], task_id: int, position: int = 0) -> 
 
 RELEASED = TaskTable(TASKS)
 
+
+def table_with(added: Sequence[Mapping[str, Any]] = ()) -> TaskTable:
+    """The released table with the ``added`` task specs (a run config's ``added_tasks``) after it."""
+    return RELEASED.extended([dict(spec) for spec in added])
+
 # The released table's names, for what only knows the released tasks (the importer, the synthetic world).
 RELEASED_MAX_NEW_TOKENS: dict[str, int] = RELEASED.max_new_tokens()
 BY_NAME: dict[str, Task] = {t.name: t for t in TASKS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,9 @@ from flax import nnx
 from recfound_jax import config as config_lib
 from recfound_jax import parallel
 from recfound_jax.convert.export import export_tasks
+from recfound_jax.demo import synthetic
+from recfound_jax.evaluate import runner
+from recfound_jax.inference.recfound import RecFound
 from recfound_jax.merge.checkpoints import merge_run
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
@@ -166,3 +170,58 @@ def test_a_frozen_extension_of_one_kind_draws_no_batch_of_the_other(base, parent
     assert {k for k in last if k.startswith("count/")} == {"count/Emb_query"}
     assert last["loss_gen"] == 0.0 and last["loss_emb"] > 0.0
     assert list(summary["probe_loss_final"]) == ["Emb_query"]
+
+
+COLOR_MATCH = dict(name="Color_Match", short="CM", kind="generative", metric="macro_f1", max_new_tokens=2,
+                   classes="ABCD")
+
+
+def _color_match_rows(n: int, offset: int) -> list[dict]:
+    colours = ("red", "blue", "green", "black")
+    rows = []
+    for i in range(offset, offset + n):
+        prompt = (f"Which colour is the item 'Harbor {colours[i % 4]} cotton collar {i}'?\n### Options:\n"
+                  + "\n".join(f"{letter}: {c}" for letter, c in zip("ABCD", colours)))
+        rows.append({"text": [prompt, "ABCD"[i % 4]], "task": "Color_Match"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_with_an_added_task(parent, tmp_path_factory):
+    """The synthetic data of the parent run, plus rows of the added task Color_Match."""
+    source = config_lib.synthetic_dir(1, 0)
+    synthetic.ensure_dataset(source, scale=1, seed=0)
+    out = tmp_path_factory.mktemp("with_cm") / "data"
+    shutil.copytree(source, out)
+    for split, n, offset in (("train", 40, 0), ("valid", 8, 1000), ("test", 12, 2000)):
+        (out / split / "Color_Match.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in _color_match_rows(n, offset)), encoding="utf-8")
+    return out
+
+
+def test_an_added_task_grows_the_table_and_its_experts_leave_old_tasks_bit_identical(
+        base, parent, data_with_an_added_task, tmp_path):
+    c = _config(base, OLD + ",CM", extend__mode="frozen", extend__new_experts=1,
+                data__dir=str(data_with_an_added_task))
+    c.unlock()
+    c.added_tasks = (COLOR_MATCH,)
+    c.lock()
+    child = tmp_path / "cm"
+    train(c, child, progress=False, extend=parent)
+    before, old_model = _params(parent)
+    after, new_model = _params(child)
+    table = "adapters/task_embedding"
+    assert before[table].shape[0] == 14 and after[table].shape[0] == 15
+    np.testing.assert_array_equal(after[table][:14], before[table])
+    added = [name for name in after if name.startswith("adapters/added_banks/")]
+    assert added and all(name not in before for name in added)
+    assert any(not np.all(after[name] == 0) for name in added if name.endswith("/b"))  # B starts at 0: trained
+    for name, value in before.items():
+        if name != table:
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    for short, value in _old_task_outputs(old_model, OLD).items():
+        np.testing.assert_array_equal(_old_task_outputs(new_model, OLD)[short], value, err_msg=short)
+    rf = RecFound.from_run(child)
+    assert rf.table.get("CM").id == 14
+    result = runner.evaluate(rf, str(data_with_an_added_task), tasks=["CM"], limit_per_task=4, progress=False)
+    assert result["tasks"]["Color_Match"]["n"] == 4 and result["tasks"]["Color_Match"]["metric"] == "macro_f1"

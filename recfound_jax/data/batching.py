@@ -3,7 +3,7 @@
 Each task has a pool of its row indices. A pool is visited in a seeded random order, without
 replacement; when it runs out it starts its next epoch with a new order (the order of epoch ``e`` of
 task ``t`` is ``default_rng([seed, 0, t, e]).permutation``). A batch's rows are laid out task by task in
-the order of `BatchConfig.embedding_tasks` / ``generative_tasks`` (the run's table: `config.task_table`,
+the order of `BatchConfig.embedding_tasks` / ``generative_tasks`` (the run's table: `tasks.table_with`,
 the released 13 by default), ``counts[t]`` rows each.
 
 Embedding batch (B = the sum of the counts, fixed per run; right padding with the pad id):
@@ -42,9 +42,8 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from recfound_jax import config as config_lib
 from recfound_jax.data import formatting
-from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task
+from recfound_jax.tasks import EMBEDDING_TASKS, GENERATIVE_TASKS, Task, table_with
 
 STATE_VERSION = 1
 # Seed streams, so that pool orders and the per-step passage draws never share a seed sequence.
@@ -81,7 +80,7 @@ class BatchConfig:
                     process_index: int = 0, process_count: int = 1) -> BatchConfig:
         """The batch settings of a checked run config (its ``data`` lengths and its task table's tasks) for
         batches of these sizes."""
-        table = config_lib.task_table(c)
+        table = table_with(c.get("added_tasks", ()))
         return cls(embedding_batch_size=embedding_batch_size, generative_batch_size=generative_batch_size,
                    query_len=c.data.query_len, passage_len=c.data.passage_len, generative_len=c.data.generative_len,
                    seed=seed, process_index=process_index, process_count=process_count,

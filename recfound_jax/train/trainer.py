@@ -124,7 +124,8 @@ class _NoTasks:
 def _schedulers(c: ml_collections.ConfigDict, steps: int, tasks: Branches,
                 batch_sizes: tuple[int, int]) -> tuple[S2Sched | _NoTasks, S2Sched | _NoTasks]:
     sched_cfg = S2SchedConfig.from_config(c.s2sched)
-    return tuple(S2Sched(sched_cfg, [t.id for t in kind], batch, steps) if kind else _NoTasks()
+    table = config_lib.task_table(c)
+    return tuple(S2Sched(sched_cfg, [t.id for t in kind], batch, steps, table=table) if kind else _NoTasks()
                  for kind, batch in zip(tasks, batch_sizes))
 
 

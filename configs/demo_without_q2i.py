@@ -4,6 +4,6 @@ from recfound_jax import recipes
 
 def get_config():
     c = recipes.load("demo")
-    c.name = "demo_12tasks"
+    c.name = "demo_without_q2i"
     c.data.tasks = "U2I,I2I,QR,SR,PRP,SA,AVE,PM,UP,IP,AP,AG"
     return c
