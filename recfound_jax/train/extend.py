@@ -37,7 +37,7 @@ TASK_EMBEDDING = "adapters/task_embedding"
 SAME_KEYS = ("model", "tmole")  # sections an extension must share with the run it extends
 
 
-class ExtendError(ValueError):
+class ExtendError(config_lib.ConfigError):
     """A config that cannot extend the given run; the message names the key."""
 
 
