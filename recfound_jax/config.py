@@ -132,7 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     # (extend.replay_fraction) of the old tasks' train rows, scheduled by S2Sched
     c.extend.mode = "frozen"
     c.extend.init = "mean"  # a new task's row: "mean" of its kind's trained rows, or "random" (xavier normal)
-    c.extend.new_experts = 0  # experts of the new tasks' kind added to every adapted projection, for them only
+    c.extend.new_experts = 0  # experts of each kind of extend.expert_tasks, on every adapted projection, for them only
+    c.extend.expert_tasks = ""  # short names of the tasks routed to those experts; empty: every added task
     c.extend.replay_fraction = 0.25  # replay: the share of each old task's train rows kept
     return c
 
@@ -222,6 +223,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     _check_mesh(c, device_count)
     _check_eval(c.eval)
     _check_extend(c.extend)
+    _check_expert_tasks(c)
 
 
 def section_defaults(section: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -265,6 +267,13 @@ def run_tasks(c: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], tuple[Tas
     chosen = {table.get(s).id for s in shorts}
     pick = lambda tasks: tuple(t for t in tasks if not chosen or t.id in chosen)
     return pick(table.embedding), pick(table.generative)
+
+
+def expert_tasks(c: ml_collections.ConfigDict) -> tuple[Task, ...]:
+    """The tasks routed to the added experts (extend.new_experts): extend.expert_tasks, or every added task."""
+    table = task_table(c)
+    names = [s.strip() for s in c.extend.get("expert_tasks", "").split(",") if s.strip()]
+    return tuple(table.get(n) for n in names) if names else table.added
 
 
 def generation_budgets(c: ml_collections.ConfigDict) -> dict[str, int]:
@@ -379,6 +388,13 @@ def _check_extend(x: ml_collections.ConfigDict) -> None:
     _check(x.init in EXTEND_INITS, "extend.init", f"{x.init!r} not in {EXTEND_INITS}")
     _check(x.new_experts >= 0, "extend.new_experts", f"must be >= 0, got {x.new_experts}")
     _check(0.0 < x.replay_fraction <= 1.0, "extend.replay_fraction", f"must be in (0, 1], got {x.replay_fraction}")
+
+
+def _check_expert_tasks(c: ml_collections.ConfigDict) -> None:
+    try:
+        expert_tasks(c)
+    except KeyError as err:
+        raise ConfigError(f"config.extend.expert_tasks: {err.args[0]}") from None
 
 
 def _check_mesh(c: ml_collections.ConfigDict, device_count: int | None) -> None:

@@ -149,6 +149,7 @@ def test_replay_trains_everything_on_a_share_of_old_rows(base, parent, tmp_path)
     ({"tmole__rank": 8}, "config.tmole.rank"),
     ({"data__tasks": "U2I,I2I"}, "config.data.tasks"),
     ({"data__tasks": OLD}, "config.added_tasks: no new task"),
+    ({"extend__new_experts": 1, "extend__expert_tasks": "U2I,Q2I"}, "config.extend.expert_tasks"),
 ])
 def test_a_config_that_cannot_extend_the_run_is_refused_naming_the_key(base, parent, change, key):
     overrides = dict(change)
@@ -225,3 +226,15 @@ def test_an_added_task_grows_the_table_and_its_experts_leave_old_tasks_bit_ident
     assert rf.table.get("CM").id == 14
     result = runner.evaluate(rf, str(data_with_an_added_task), tasks=["CM"], limit_per_task=4, progress=False)
     assert result["tasks"]["Color_Match"]["n"] == 4 and result["tasks"]["Color_Match"]["metric"] == "macro_f1"
+
+
+def test_new_experts_for_a_released_new_task_train_and_leave_old_tasks_bit_identical(base, parent, tmp_path):
+    child = tmp_path / "experts"
+    c = _config(base, OLD + ",Q2I", extend__mode="frozen", extend__new_experts=1, extend__expert_tasks="Q2I")
+    train(c, child, progress=False, extend=parent)
+    before, old_model = _params(parent)
+    after, new_model = _params(child)
+    added = [name for name in after if name.startswith("adapters/added_banks/") and name.endswith("/b")]
+    assert added and any(np.any(after[name] != 0) for name in added)
+    for short, value in _old_task_outputs(old_model, OLD).items():
+        np.testing.assert_array_equal(_old_task_outputs(new_model, OLD)[short], value, err_msg=short)

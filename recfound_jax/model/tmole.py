@@ -28,7 +28,7 @@ from jax.extend.random import threefry2x32_p
 from ml_collections import ConfigDict
 
 from recfound_jax import config as config_lib
-from recfound_jax.tasks import FIRST_ADDED_ID, RELEASED, ROW_EMBEDDING, ROW_GENERATIVE, ROW_NONE
+from recfound_jax.tasks import RELEASED, ROW_EMBEDDING, ROW_GENERATIVE, ROW_NONE
 
 TARGETS = ("q", "k", "v", "o")
 
@@ -49,7 +49,7 @@ class TMoLEConfig:
     released layer draws them, instead of one for all the experts of a projection. ``targets``: the adapted
     projections, not a run key. ``row_kinds``: the kind of every row of the task-embedding table
     (`TaskTable.row_kinds`: the released table's 14 by default). ``added_experts``: experts of each kind
-    of the added tasks (ids from 14) in a bank of their own (`TMoLE.added_banks`), for those tasks only.
+    of the ``added_rows`` tasks in a bank of their own (`TMoLE.added_banks`) that only those tasks route to.
     """
 
     enabled: bool
@@ -67,6 +67,7 @@ class TMoLEConfig:
     targets: tuple[str, ...] = TARGETS
     row_kinds: tuple[int, ...] = RELEASED.row_kinds()
     added_experts: int = 0
+    added_rows: tuple[int, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.targets) - set(TARGETS)
@@ -75,7 +76,7 @@ class TMoLEConfig:
 
     @classmethod
     def from_config(cls, t: ConfigDict, row_kinds: tuple[int, ...] | None = None,
-                    added_experts: int = 0) -> TMoLEConfig:
+                    added_experts: int = 0, added_rows: tuple[int, ...] = ()) -> TMoLEConfig:
         """The TMoLEConfig of a run config's checked ``tmole`` block (`for_run`: with its task table)."""
         return cls(enabled=t.enabled, num_embedding=t.num_embedding, num_shared=t.num_shared,
                    num_generative=t.num_generative, rank=t.rank, alpha=t.alpha, dropout=t.dropout,
@@ -83,13 +84,14 @@ class TMoLEConfig:
                    dropout_per_expert=t.dropout_per_expert, task_embedding_dim=t.task_embedding_dim,
                    router_hidden=tuple(t.router_hidden),
                    row_kinds=RELEASED.row_kinds() if row_kinds is None else tuple(row_kinds),
-                   added_experts=added_experts)
+                   added_experts=added_experts if added_rows else 0, added_rows=tuple(added_rows))
 
     @classmethod
     def for_run(cls, c: ConfigDict) -> TMoLEConfig:
-        """The TMoLEConfig of a whole run config: its ``tmole`` block, task table and extend.new_experts."""
-        table = config_lib.task_table(c)
-        return cls.from_config(c.tmole, table.row_kinds(), c.extend.new_experts if table.added else 0)
+        """The TMoLEConfig of a whole run config: its ``tmole`` block, task table, and extend.new_experts for
+        the tasks of `config.expert_tasks`."""
+        rows = tuple(t.id for t in config_lib.expert_tasks(c)) if c.extend.new_experts else ()
+        return cls.from_config(c.tmole, config_lib.task_table(c).row_kinds(), c.extend.new_experts, rows)
 
     @classmethod
     def default(cls, **overrides) -> TMoLEConfig:
@@ -129,13 +131,13 @@ class TMoLEConfig:
                 | ((kinds == _EXPERT_GENERATIVE) & (task_kind == ROW_GENERATIVE)))
 
     def added_expert_kinds(self) -> np.ndarray:
-        """Kind of each expert of the added banks: ``added_experts`` of each kind the added tasks have."""
-        kinds = sorted({k for k in self.row_kinds[FIRST_ADDED_ID:] if k != ROW_NONE})
+        """Kind of each expert of the added banks: ``added_experts`` of each kind the ``added_rows`` tasks have."""
+        kinds = sorted({self.row_kinds[row] for row in self.added_rows})
         return np.repeat(np.asarray(kinds, np.int32), self.added_experts)
 
     def allowed_added_experts(self) -> np.ndarray:
-        """Boolean [task table rows, M]: only an added task, and only to the added experts of its kind."""
-        added = (np.arange(self.table_rows) >= FIRST_ADDED_ID)[:, None]
+        """Boolean [task table rows, M]: only an ``added_rows`` task, and only to the added experts of its kind."""
+        added = np.isin(np.arange(self.table_rows), self.added_rows)[:, None]
         return added & (np.asarray(self.row_kinds, np.int32)[:, None] == self.added_expert_kinds()[None, :])
 
 
@@ -177,7 +179,7 @@ class ExpertBank(nnx.Module):
 
 class TMoLE(nnx.Module):
     """All adapter state of a model: the task embedding table and one expert bank per target projection,
-    and with ``added_experts`` a second bank per projection for the added tasks (`added_gates`)."""
+    and with ``added_experts`` a second bank per projection for the ``added_rows`` tasks (`added_gates`)."""
 
     def __init__(self, cfg: TMoLEConfig, num_layers: int, dims: dict[str, tuple[int, int]], *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -207,7 +209,8 @@ class TMoLE(nnx.Module):
 
     def added_gates(self, task_ids: jax.Array | None) -> dict[str, jax.Array]:
         """Per-sample gates {target: [L, B, M]} of the added banks: a softmax over the added experts of an
-        added task's kind, and exactly 0 for every other task (whose outputs the added banks leave as they were)."""
+        ``added_rows`` task's kind, and exactly 0 for every other task (whose outputs the added banks leave
+        as they were)."""
         if not self.added_banks:
             return {}
         vectors = self.task_embedding[...][task_ids]

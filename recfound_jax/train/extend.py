@@ -5,8 +5,9 @@ tasks CFG's ``added_tasks`` adds to the table (ids 14, ...; the table grows by t
 tasks RUN_DIR's ``data.tasks`` left out. Two modes (``extend.mode``):
 
 - ``frozen``: only the new tasks' rows of the task-embedding table train, and the added experts
-  (``extend.new_experts``, which only added tasks route to). Nothing an old task reads changes, so its
-  outputs are bit-identical to RUN_DIR's. The step masks the gradient and the update of everything else.
+  (``extend.new_experts``, which only the tasks of ``extend.expert_tasks`` route to, new tasks only).
+  Nothing an old task reads changes, so its outputs are bit-identical to RUN_DIR's. The step masks the
+  gradient and the update of everything else.
 - ``replay``: every adapter trains on the new tasks and ``extend.replay_fraction`` of each old task's train
   rows, all scheduled by S2Sched, so shared experts may move for the new tasks.
 
@@ -77,7 +78,8 @@ def plan(c: ml_collections.ConfigDict, parent: str | os.PathLike, step: int | No
     if table.tasks[:len(old_table.tasks)] != old_table.tasks:
         raise ExtendError(f"config.added_tasks: must start with the extended run's added tasks "
                           f"{[t.short for t in old_table.added]} ({parent / rundir.CONFIG_FILE})")
-    if old_table.added and old.extend.new_experts and c.extend.new_experts != old.extend.new_experts:
+    old_experts = config_lib.expert_tasks(old) if old.extend.new_experts else ()
+    if old_experts and c.extend.new_experts != old.extend.new_experts:
         raise ExtendError(f"config.extend.new_experts: the extended run has {old.extend.new_experts} added "
                           f"experts; an extension keeps them ({c.extend.new_experts} given)")
     old_tasks = tuple(t for kind in config_lib.run_tasks(old) for t in kind)
@@ -90,6 +92,11 @@ def plan(c: ml_collections.ConfigDict, parent: str | os.PathLike, step: int | No
     if not new:
         raise ExtendError(f"config.added_tasks: no new task; the extended run already trains "
                           f"{[t.short for t in old_tasks]} (add tasks, or name more in config.data.tasks)")
+    experts = config_lib.expert_tasks(c) if c.extend.new_experts else ()
+    moved = [t.short for t in set(old_experts) ^ set(experts) if t not in new]
+    if moved:
+        raise ExtendError(f"config.extend.expert_tasks: {sorted(moved)} are old tasks whose routing to the added "
+                          f"experts would change; only new tasks can be routed to new experts")
     with rundir.checkpoint.Checkpointer(parent) as checkpointer:
         latest = checkpointer.latest_step()
         if latest is None or (step is not None and step not in checkpointer.steps()):
