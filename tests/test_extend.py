@@ -22,7 +22,7 @@ from recfound_jax.merge.checkpoints import merge_run
 from recfound_jax.runs import rundir
 from recfound_jax.tasks import get_task
 from recfound_jax.train import extend as extend_lib
-from recfound_jax.train.trainer import train
+from recfound_jax.train.trainer import Trainer, train
 from tests.train_fixtures import tiny_config, write_tiny_base
 
 OLD = "U2I,I2I,SR,PRP,SA,QR"  # the tasks of the run that is extended; Q2I and AP are the new ones
@@ -238,3 +238,15 @@ def test_new_experts_for_a_released_new_task_train_and_leave_old_tasks_bit_ident
     assert added and any(np.any(after[name] != 0) for name in added)
     for short, value in _old_task_outputs(old_model, OLD).items():
         np.testing.assert_array_equal(_old_task_outputs(new_model, OLD)[short], value, err_msg=short)
+
+
+def test_an_interrupted_extension_resumes_to_the_same_params(base, parent, frozen_child, tmp_path):
+    c = _config(base, NEW, extend__mode="frozen")
+    split = tmp_path / "split"
+    Trainer(c, split, progress=False, extend=parent).run(until=2)
+    Trainer(c, split, resume=True, progress=False).run()  # the extension is read back from run.json
+    straight, _ = _params(frozen_child)
+    resumed, _ = _params(split)
+    for name, value in straight.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    assert rundir.read_run_info(split)["extends"]["run"] == str(parent.absolute())
