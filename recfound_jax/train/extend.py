@@ -118,9 +118,10 @@ def grow_params(ext: Extension, params: nnx.State) -> nnx.State:
     """``params`` (the new run's fresh trainable params) with every leaf the extended run has taken from
     its checkpoint: the task-embedding table's old rows, the banks, routers and, if any, added banks. The
     new tasks' rows are then set by ``extend.init``. Each leaf keeps ``params``' sharding."""
-    old_model, _, _ = rundir.load_model(ext.parent, ext.step)
+    with rundir.checkpoint.Checkpointer(ext.parent) as checkpointer:  # the trained params only, not the base
+        restored, _, _ = checkpointer.restore(ext.step, rundir.params_like(ext.parent))
     old = {parallel.path_str(p): np.asarray(jax.device_get(x))
-           for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(old_model, nnx.Param))[0]}
+           for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
     def take(path, leaf):
         name = parallel.path_str(path)
         if name not in old:
