@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -250,3 +251,13 @@ def test_an_interrupted_extension_resumes_to_the_same_params(base, parent, froze
     for name, value in straight.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
     assert rundir.read_run_info(split)["extends"]["run"] == str(parent.absolute())
+
+
+def test_an_extension_on_another_base_is_refused(base, parent, tmp_path):
+    other = Path(shutil.copytree(rundir.checked_base(parent), tmp_path / "other_base"))
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))  # another checkpoint
+    ext = extend_lib.plan(_config(base, NEW), parent)
+    with pytest.raises(extend_lib.ExtendError, match="config.model.base: .* is not the base"):
+        extend_lib.check_base(ext, other)
+    extend_lib.check_base(ext, rundir.checked_base(parent))

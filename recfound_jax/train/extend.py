@@ -109,6 +109,14 @@ def plan(c: ml_collections.ConfigDict, parent: str | os.PathLike, step: int | No
                      trained, c.extend.replay_fraction)
 
 
+def check_base(ext: Extension, base: Path) -> None:
+    """ExtendError unless ``base`` (the new run's) is the base the extended run was trained on."""
+    info = rundir.read_run_info(ext.parent)
+    if rundir.base_fingerprint(base) != info["base_fingerprint"]:
+        raise ExtendError(f"config.model.base: {base} is not the base {info['base']} that {ext.parent} was "
+                          f"trained on (fingerprints {rundir.base_fingerprint(base)} and {info['base_fingerprint']})")
+
+
 def from_record(record: dict[str, Any], c: ml_collections.ConfigDict) -> Extension:
     """The Extension a run.json entry (`Extension.record`) describes, for resuming an extension."""
     return plan(c, record["run"], record["step"])

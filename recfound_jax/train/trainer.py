@@ -247,6 +247,7 @@ class Trainer:
         self.parts = step_lib.ModelParts.of(model)
         self.trainable = None
         if self.extension is not None:  # the extended run's params, grown to this run's table
+            extend_lib.check_base(self.extension, self.inputs.base)
             self.parts.params = extend_lib.grow_params(self.extension, self.parts.params)
             self.trainable = extend_lib.trainable_mask(self.extension, self.parts.params, c)
         self.optimizer = step_lib.make_optimizer(
