@@ -257,6 +257,7 @@ class Trainer:
             learning_rate=c.train.learning_rate, total_steps=self.steps, warmup_ratio=c.train.warmup_ratio)
         self.state = self._init_state()
         self.batch_share = parallel.batch_share(self.mesh)
+        self.table = config_lib.task_table(c)
         trained = config_lib.run_tasks(c) if self.extension is None else self.extension.trained
         self.emb_tasks, self.gen_tasks = trained
         # a branch without a trained task (a frozen extension's other kind) draws no batch
@@ -460,8 +461,7 @@ class Trainer:
             record.update(self.evaluate_subset())
         if c.train.log_every and (step + 1) % c.train.log_every == 0:
             self.metrics.write(record)
-        table = config_lib.task_table(c)
-        names = sorted({table.get(int(t)).name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
+        names = sorted({self.table.get(int(t)).name for b in (emb_np, gen_np) if b is not None for t in b["task_ids"]})
         record["batch_tasks"] = names
         return record, bool(metrics["finite"])
 
