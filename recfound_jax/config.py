@@ -184,10 +184,10 @@ def demo_base_config() -> ml_collections.ConfigDict:
     # finetuning's attention adapters alone learn neither AP's and PRP's comparisons nor AVE's copying in the demo.
     c.instruct = ml_collections.ConfigDict()
     # rows per task (generative tasks' short names), in these proportions in every batch; {} turns it off
-    c.instruct.rows = {"AP": 3000, "PRP": 6000, "SA": 1000, "AVE": 3000}
-    c.instruct.steps = 330
-    c.instruct.batch_size = 32
-    c.instruct.learning_rate = 2e-3
+    c.instruct.rows = {"AP": 3500, "PRP": 12000, "SA": 1000, "AVE": 3000}
+    c.instruct.steps = 400
+    c.instruct.batch_size = 40
+    c.instruct.learning_rate = 1e-3
     c.instruct.warmup_steps = 10
     c.instruct.decay = "cosine"
     c.instruct.end_lr_fraction = 0.1
