@@ -35,6 +35,7 @@ def tiny_config():
     config.train.update(seq_len=32, batch_size=4, steps=5, warmup_steps=1, log_every=1)
     config.instruct.rows = {"AP": 3, "PRP": 2}
     config.instruct.update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
+    config.instruct.first.update(rows={"PRP": 4}, steps=2, batch_size=2)
     return config
 
 
@@ -72,7 +73,9 @@ def test_the_v3_tokenizer_takes_its_own_vocabulary_size(tmp_path):
                                         ("model.num_kv_heads", 3), ("train.decay", "step"),
                                         ("instruct.rows.U2I", 100), ("instruct.rows.XX", 100),
                                         ("instruct.rows.AP", 0), ("instruct.warmup_steps", 1000),
-                                        ("instruct.decay", "step")])
+                                        ("instruct.decay", "step"), ("instruct.first.rows.XX", 100),
+                                        ("instruct.first.steps", 0), ("instruct.first.steps", 5),
+                                        ("instruct.first.batch_size", 100000)])
 def test_validate_config_names_the_bad_key(key, value):
     config = demo_base_recipe()
     *sections, name = key.split(".")
@@ -150,6 +153,11 @@ def test_pretrain_writes_a_base_that_jax_and_transformers_agree_on(built):
     for held_out in (stage["valid_before"], stage["valid_after"]):
         assert set(held_out) == {"AP", "PRP"}
         assert all(np.isfinite(v["loss"]) and 0.0 <= v["first_token_accuracy"] <= 1.0 for v in held_out.values())
+    first = stage["first"]  # PRP alone, before the mix: the mix starts from the model the first phase left
+    assert set(first["rows"]) == {"PRP"} and first["batch_rows"] == {"PRP": 2}
+    assert [entry["step"] for entry in first["log"]] == [1, 2]
+    assert first["valid_after"]["PRP"]["loss"] != first["valid_before"]["PRP"]["loss"]
+    assert stage["valid_before"]["PRP"]["loss"] == pytest.approx(first["valid_after"]["PRP"]["loss"], rel=1e-5)
 
     ids = np.array([tokenizer.encode("Acme red steel kettle. Category: Kitchen.", add_bos=True)])
     ours = np.asarray(load_hf(path)(jnp.asarray(ids)))
@@ -177,6 +185,9 @@ def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
     changed = tiny_config()
     changed.instruct.steps = 4
     assert pt.base_dir(changed, cache) != path
+    changed = tiny_config()
+    changed.instruct.first.steps = 3
+    assert pt.base_dir(changed, cache) != path
 
 
 def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
@@ -184,6 +195,7 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     config = tiny_config()
     config.instruct.rows = {"PRP": 300, "AP": 20}
     config.instruct.update(steps=1, warmup_steps=0)
+    config.instruct.first.rows = {}  # the mixed phase alone: seen[0] is its rows
     data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed, cache)
     seen = []
     real_train = pt.instruct_train

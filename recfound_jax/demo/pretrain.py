@@ -231,12 +231,13 @@ def train(model: Mistral, config: ConfigDict, batches: Iterator[np.ndarray], *,
 
 
 def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.AnswerRows],
-                   valid: dict[str, instruct.AnswerRows], *, progress: bool = True) -> dict:
+                   valid: dict[str, instruct.AnswerRows], *, progress: bool = True, desc: str = "instruct") -> dict:
     """Train every BaseParam of ``model`` in place on the answer tokens of ``rows`` for ``t.steps`` (config.instruct).
 
     ``rows`` maps each task to its rows (each task's of one length); a step holds each task's
     `instruct.batch_shares`.
-    Returns {"log", "valid_before"/"valid_after": `instruct.held_out` of each task's ``valid`` rows}.
+    Returns {"log", "valid_before"/"valid_after": `instruct.held_out` of each task's ``valid`` rows}; ``desc``
+    names the progress bar.
     """
     graphdef, params, rest = nnx.split(model, BaseParam, ...)
     tx = make_optimizer(t)
@@ -245,7 +246,7 @@ def instruct_train(model: Mistral, t: ConfigDict, rows: dict[str, instruct.Answe
     evaluate = lambda p: {task: instruct.held_out(eval_fn, p, r, t.batch_size) for task, r in valid.items()}
     before = evaluate(params)
     steps = ((parts,) for parts in instruct.batches(rows, t.batch_size, t.seed))
-    params, _, log = run_steps(step_fn, params, tx.init(params), steps, t, "instruct", progress)
+    params, _, log = run_steps(step_fn, params, tx.init(params), steps, t, desc, progress)
     nnx.update(model, params)
     return {"log": log, "valid_before": before, "valid_after": evaluate(params)}
 
@@ -255,13 +256,32 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
                        progress: bool = True) -> dict:
     """The instruction stage of `recfound_jax.demo.instruct` on ``model``, in place; returns its summary for the log.
 
-    Rows: instruct.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), less those
+    When config.instruct.first.rows names tasks, a first phase trains on those rows alone (for
+    instruct.first.steps of instruct.first.batch_size rows) before the mixed steps of config.instruct; each
+    phase has an optimiser and a learning-rate schedule of its own. The summary is the mixed phase's
+    (`run_instruct_phase`), with the first phase's under "first" (None without one).
+    """
+    t = config.instruct
+    world = synthetic_world.build_world(config.data.scale, config.data.seed)
+    first = None
+    if t.first.rows:
+        first_phase = t.copy_and_resolve_references()
+        first_phase.rows = t.first.rows.to_dict()  # replaced, not merged into the mix's rows as update() would
+        first_phase.update(steps=t.first.steps, batch_size=t.first.batch_size)
+        first = run_instruct_phase(model, first_phase, world, config, data_dir, tokenizer, "instruct.first", progress)
+    return {**run_instruct_phase(model, t, world, config, data_dir, tokenizer, "instruct", progress), "first": first}
+
+
+def run_instruct_phase(model: Mistral, t: ConfigDict, world: synthetic_world.World, config: ConfigDict,
+                       data_dir: Path, tokenizer: Tokenizer, section: str, progress: bool = True) -> dict:
+    """One phase of the instruction stage, ``t`` (config.instruct, or it with instruct.first's rows, steps and
+    batch size), on ``model`` in place; ``section`` names it in errors.
+
+    Rows: t.rows[task] fresh train-side rows of each task (`synthetic.extra_train_rows`), less those
     whose input (a product pair, a review) is a valid or test row's input, so that no held-out input is
     trained on; a batch holds the tasks in those proportions. Held out: every valid row of those tasks in
     ``data_dir``.
     """
-    t = config.instruct
-    world = synthetic_world.build_world(config.data.scale, config.data.seed)
     rows, valid, dropped = {}, {}, {}
     for short, count in t.rows.items():
         name = BY_SHORT[short].name
@@ -272,18 +292,18 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
         pairs = [tuple(row["text"]) for row in synthetic.extra_train_rows(world, short, count, t.seed, held_out_inputs)]
         dropped[short] = count - len(pairs)
         if not pairs:
-            raise config_lib.ConfigError(f"config.instruct.rows.{short}: all {count} rows drawn have a valid or "
+            raise config_lib.ConfigError(f"config.{section}.rows.{short}: all {count} rows drawn have a valid or "
                                          "test row's input")
         encoded = instruct.encode_rows(tokenizer, pairs + valid_pairs)  # tokenized once, train and valid
         rows[short] = encoded.take(np.arange(len(pairs)))
         valid[short] = encoded.take(len(pairs) + np.arange(len(valid_pairs)))
     lengths, limit = {short: r.ids.shape[1] for short, r in rows.items()}, config.model.max_position_embeddings
     if max(lengths.values()) > limit:
-        raise config_lib.ConfigError(f"config.instruct.rows: their rows need {max(lengths.values())} tokens, "
+        raise config_lib.ConfigError(f"config.{section}.rows: their rows need {max(lengths.values())} tokens, "
                                      f"more than model.max_position_embeddings={limit}")
     shares = instruct.batch_shares({short: len(r) for short, r in rows.items()}, t.batch_size)
     begin = time.perf_counter()
-    result = instruct_train(model, t, rows, valid, progress=progress)
+    result = instruct_train(model, t, rows, valid, progress=progress, desc=section)
     return {"rows": {short: len(r) for short, r in rows.items()}, "dropped_held_out_inputs": dropped,
             "row_length": lengths, "batch_rows": shares,
             "answer_slots": {short: r.targets.shape[1] for short, r in rows.items()},
@@ -397,15 +417,21 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"in {summary['train_seconds']:.0f} s of training ({summary['total_seconds']:.0f} s in all)")
     if summary["valid_loss_after"] is not None:
         print(f"held-out (valid) loss {summary['valid_loss_before']:.3f} -> {summary['valid_loss_after']:.3f}")
-    if summary.get("instruct"):
-        before, after = summary["instruct"]["valid_before"], summary["instruct"]["valid_after"]
-        for task in after:
-            print(f"instruction stage, {task} valid: "
-                  f"answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
-                  f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
-                  f"{after[task]['first_token_accuracy']:.3f}, answer accuracy "
-                  f"{before[task]['answer_accuracy']:.3f} -> {after[task]['answer_accuracy']:.3f}")
+    stage = summary.get("instruct")
+    if stage:
+        for name, phase in (("instruction stage, first phase", stage.get("first")), ("instruction stage", stage)):
+            if phase:
+                _print_held_out(name, phase["valid_before"], phase["valid_after"])
     return 0
+
+
+def _print_held_out(name: str, before: dict, after: dict) -> None:
+    for task in after:
+        print(f"{name}, {task} valid: "
+              f"answer loss {before[task]['loss']:.3f} -> {after[task]['loss']:.3f}, "
+              f"first-token accuracy {before[task]['first_token_accuracy']:.3f} -> "
+              f"{after[task]['first_token_accuracy']:.3f}, answer accuracy "
+              f"{before[task]['answer_accuracy']:.3f} -> {after[task]['answer_accuracy']:.3f}")
 
 
 if __name__ == "__main__":
