@@ -34,7 +34,7 @@ def test_the_stage_runs_on_a_causal_lm_stage_built_once(script, tmp_path, monkey
     monkeypatch.setenv("RECFOUND_CACHE", str(tmp_path))
     assert script.main(TINY + ["--config.instruct.first.rows.PRP=30"]) == 0
     first, mixed = _table_rows(capsys.readouterr().out)
-    assert first[:2] == ["first", "2 x 25"] and mixed[:2] == ["mixed", "2 x 22"]
+    assert first[:2] == ["first", "2 x 25"] and mixed[:2] == ["mixed", "2 x 40"]
     header_tasks = ["AP", "AVE", "PRP", "SA"]
     assert [bool(cell) for cell in first[3:]] == [task == "PRP" for task in header_tasks]
     assert all(mixed[3:]), "the mixed phase reports every one of its tasks"
@@ -47,7 +47,7 @@ def test_the_stage_runs_on_a_causal_lm_stage_built_once(script, tmp_path, monkey
 
     monkeypatch.setattr(pretrain, "pretrain", no_pretraining)
     assert script.main(TINY + ["--config.instruct.steps=3"]) == 0
-    assert _table_rows(capsys.readouterr().out)[1][1] == "3 x 22"
+    assert _table_rows(capsys.readouterr().out)[1][1] == "3 x 40"
 
 
 def test_a_recipe_without_an_instruction_stage_is_refused(script, tmp_path, monkeypatch):

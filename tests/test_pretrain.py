@@ -74,10 +74,12 @@ def test_the_v3_tokenizer_takes_its_own_vocabulary_size(tmp_path):
                                         ("instruct.rows.U2I", 100), ("instruct.rows.XX", 100),
                                         ("instruct.rows.AP", 0), ("instruct.warmup_steps", 1000),
                                         ("instruct.decay", "step"), ("instruct.first.rows.XX", 100),
-                                        ("instruct.first.steps", 0), ("instruct.first.steps", 5),
+                                        ("instruct.first.steps", -1), ("instruct.first.steps", 5),
                                         ("instruct.first.batch_size", 100000)])
 def test_validate_config_names_the_bad_key(key, value):
     config = demo_base_recipe()
+    config.instruct.first.steps = 300  # the first phase on, so that its keys are checked too
+    config_lib.validate_demo_base(config)
     *sections, name = key.split(".")
     parent = config
     for section in sections:
@@ -195,7 +197,7 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     config = tiny_config()
     config.instruct.rows = {"PRP": 300, "AP": 20}
     config.instruct.update(steps=1, warmup_steps=0)
-    config.instruct.first.rows = {}  # the mixed phase alone: seen[0] is its rows
+    config.instruct.first.steps = 0  # the mixed phase alone: seen[0] is its rows
     data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed, cache)
     seen = []
     real_train = pt.instruct_train
@@ -210,6 +212,7 @@ def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):
     drawn = synthetic.extra_train_rows(synthetic_world.build_world(1, 0), "PRP", 300, config.instruct.seed)
     clashing = sum(formatting.input_text(row["text"][0]) in held_out for row in drawn)
     assert clashing > 0, "PRP's product pairs recur, so some drawn rows are held-out inputs"
+    assert summary["first"] is None
     assert summary["dropped_held_out_inputs"]["PRP"] == clashing
     assert summary["rows"]["PRP"] == len(seen[0]["PRP"]) == 300 - clashing
     trained = {tokenizer.decode([int(t) for t, m in zip(ids, mask) if m]) for ids, mask in

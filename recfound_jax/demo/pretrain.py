@@ -5,7 +5,8 @@ tokenized with the base's own vocabulary (`recfound_jax.demo.vocabulary`, or the
 in BOS/EOS, shuffled and packed into windows of ``seq_len + 1`` tokens every epoch. Every `BaseParam` is trained
 with AdamW (warmup, then cosine or linear decay) in one jitted functional step. When ``config.instruct.rows``
 names tasks, an instruction stage follows (`recfound_jax.demo.instruct`): every weight trained on the answer
-tokens of fresh train-side rows of those tasks, in the finetuning's format. The result is a HF Mistral directory
+tokens of fresh train-side rows of those tasks, in the finetuning's format, after an optional first phase on
+the rows of ``config.instruct.first`` alone (off in the recipe). The result is a HF Mistral directory
 (`save_hf`) with the tokenizer file and ``pretrain_log.json``; it is written into a temporary folder and renamed
 into place, so a directory holding the completion marker is always whole.
 
@@ -256,7 +257,7 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
                        progress: bool = True) -> dict:
     """The instruction stage of `recfound_jax.demo.instruct` on ``model``, in place; returns its summary for the log.
 
-    When config.instruct.first.rows names tasks, a first phase trains on those rows alone (for
+    When config.instruct.first.steps is positive, a first phase trains on instruct.first.rows alone (for
     instruct.first.steps of instruct.first.batch_size rows) before the mixed steps of config.instruct; each
     phase has an optimiser and a learning-rate schedule of its own. The summary is the mixed phase's
     (`run_instruct_phase`), with the first phase's under "first" (None without one).
@@ -264,7 +265,7 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
     t = config.instruct
     world = synthetic_world.build_world(config.data.scale, config.data.seed)
     first = None
-    if t.first.rows:
+    if t.first.steps:
         first_phase = t.copy_and_resolve_references()
         first_phase.rows = t.first.rows.to_dict()  # replaced, not merged into the mix's rows as update() would
         first_phase.update(steps=t.first.steps, batch_size=t.first.batch_size)
