@@ -1,16 +1,13 @@
 """scripts/instruct_stage.py on a tiny recipe: the causal-LM stage is built once, each phase gets a table row."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from recfound_jax import config as config_lib
 from recfound_jax.demo import pretrain
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "instruct_stage.py"
 TINY = ["--config", "demo_base", "--config.train.steps=3", "--config.train.warmup_steps=1",
         "--config.instruct.steps=2", "--config.instruct.warmup_steps=1", "--config.instruct.first.steps=2",
         "--config.model.num_layers=1", "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
@@ -18,11 +15,8 @@ TINY = ["--config", "demo_base", "--config.train.steps=3", "--config.train.warmu
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("instruct_stage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("instruct_stage")
 
 
 def _table_rows(output: str) -> list[list[str]]:

@@ -1,22 +1,14 @@
 """scripts/trace_summary.py on a real profiler trace of a jitted forward and backward (CPU)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "trace_summary.py"
-
 
 @pytest.fixture(scope="module")
-def trace_summary():
-    spec = importlib.util.spec_from_file_location("trace_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def trace_summary(load_script):
+    return load_script("trace_summary")
 
 
 def test_kinds_of_kernel_names(trace_summary):
