@@ -7,7 +7,8 @@ $RECFOUND_CACHE by `pretrain.ensure_base` and reused by every later call with th
 instruction stage (`pretrain.run_instruct_stage`, both phases) then trains a copy loaded from it, which is
 not saved. The table gives each phase's training seconds and, for each of its tasks, the answer accuracy
 and answer loss on every valid row (for PRP a uniform guess over A, B and C has loss ln 3 / 2 = 0.549, EOS
-being the other answer slot). The shipped instruction stage was chosen with this script (docs/results.md).
+being the other answer slot). The instruction-stage tables of docs/results.md were measured with this script's
+forerunner, which printed the same figures.
 """
 from __future__ import annotations
 
@@ -26,17 +27,11 @@ FLAGS = flags.FlagValues()
 _CONFIG = recipes.define_flag("config", "the demo base's recipe: a shipped name (demo_base) or a file path", FLAGS)
 
 
-def phase_rows(summary: dict) -> list[tuple[str, dict]]:
-    """(name, phase summary) of each phase that ran, in order."""
-    phases = [("first", summary["first"])] if summary.get("first") else []
-    return phases + [("mixed", summary)]
-
-
 def table(summary: dict) -> str:
     """A markdown table: one row per phase, its seconds and each task's valid accuracy (loss)."""
-    tasks = sorted({task for _, phase in phase_rows(summary) for task in phase["valid_after"]})
+    tasks = sorted({task for _, phase in pretrain.instruct_phases(summary) for task in phase["valid_after"]})
     lines = ["| phase | steps x rows | seconds | " + " | ".join(tasks) + " |", "|---|---|---:|" + "---:|" * len(tasks)]
-    for name, phase in phase_rows(summary):
+    for name, phase in pretrain.instruct_phases(summary):
         cells = [f"{phase['valid_after'][t]['answer_accuracy']:.3f} ({phase['valid_after'][t]['loss']:.3f})"
                  if t in phase["valid_after"] else "" for t in tasks]
         steps = f"{phase['log'][-1]['step']} x {sum(phase['batch_rows'].values())}"

@@ -273,6 +273,12 @@ def run_instruct_stage(model: Mistral, config: ConfigDict, data_dir: Path, token
     return {**run_instruct_phase(model, t, world, config, data_dir, tokenizer, "instruct", progress), "first": first}
 
 
+def instruct_phases(stage: dict) -> list[tuple[str, dict]]:
+    """("first", summary) when a first phase ran, then ("mixed", summary): the phases of a `run_instruct_stage`
+    summary, in the order they ran."""
+    return ([("first", stage["first"])] if stage.get("first") else []) + [("mixed", stage)]
+
+
 def run_instruct_phase(model: Mistral, t: ConfigDict, world: synthetic_world.World, config: ConfigDict,
                        data_dir: Path, tokenizer: Tokenizer, section: str, progress: bool = True) -> dict:
     """One phase of the instruction stage, ``t`` (config.instruct, or it with instruct.first's rows, steps and
@@ -418,11 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"in {summary['train_seconds']:.0f} s of training ({summary['total_seconds']:.0f} s in all)")
     if summary["valid_loss_after"] is not None:
         print(f"held-out (valid) loss {summary['valid_loss_before']:.3f} -> {summary['valid_loss_after']:.3f}")
-    stage = summary.get("instruct")
-    if stage:
-        for name, phase in (("instruction stage, first phase", stage.get("first")), ("instruction stage", stage)):
-            if phase:
-                _print_held_out(name, phase["valid_before"], phase["valid_after"])
+    if summary.get("instruct"):
+        for name, phase in instruct_phases(summary["instruct"]):
+            _print_held_out(f"instruction stage, {name} phase", phase["valid_before"], phase["valid_after"])
     return 0
 
 
