@@ -190,6 +190,10 @@ def test_ensure_base_builds_once_and_reuses(built, monkeypatch):
     changed = tiny_config()
     changed.instruct.first.steps = 3
     assert pt.base_dir(changed, cache) != path
+    off, without_first = tiny_config(), tiny_config()
+    off.instruct.first.update(steps=0, rows={"SA": 9})  # an off first phase's other keys decide nothing
+    del without_first.instruct["first"]
+    assert pt.config_hash(off) == pt.config_hash(without_first)
 
 
 def test_the_instruction_stage_trains_on_no_held_out_input(built, monkeypatch):

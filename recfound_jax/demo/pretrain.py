@@ -62,11 +62,14 @@ def model_config(config: ConfigDict) -> MistralConfig:
 
 def config_hash(config: ConfigDict) -> str:
     """A short hash of everything that decides the trained weights (model, data, train, instruct), the
-    recipe version and the synthetic data's generator version."""
+    recipe version and the synthetic data's generator version. A stage or phase that is off adds nothing, so
+    a base built before the section existed keeps its hash."""
     keyed = {"version": PRETRAIN_VERSION, "model": config.model.to_dict(), "data": config.data.to_dict(),
              "train": config.train.to_dict(), "generator_version": synthetic.GENERATOR_VERSION}
     if instruct_enabled(config):
         keyed["instruct"] = config.instruct.to_dict()
+        if not keyed["instruct"].get("first", {}).get("steps"):  # a first phase that is off decides nothing
+            keyed["instruct"].pop("first", None)
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
