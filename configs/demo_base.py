@@ -18,8 +18,9 @@ tokens of fresh train-side rows of AP, PRP, SA and AVE in the finetuning's forma
 valid or test row's input are dropped), the way an instruction-tuned Mistral can compare two texts and
 copy a value out of a listing before RecFound finetunes it. Without it the finetuning's attention adapters
 never learn AP's or PRP's comparisons nor AVE's copying in the demo. SA's rows keep the answer letters D
-and E in use. A first phase (``instruct.first``) trains PRP's rows alone: mixed with the others from the
-first step, its pair rule was not found within the budget on every world.
+and E in use. A first phase (``instruct.first``, off in the recipe) trains PRP's rows alone before the mix.
+Whether the stage finds PRP's pair rule and AP's comparison within its budget depends on the draw and order
+of its rows as much as on the world (docs/results.md, "The draw decides").
 
 A run of ``python -m recfound_jax.train --config demo`` uses this recipe on its own synthetic world
 (``data.synthetic_seed`` and ``data.synthetic_scale`` replace ``data.seed`` and ``data.scale``). Times,

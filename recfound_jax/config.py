@@ -197,9 +197,10 @@ def demo_base_config() -> ml_collections.ConfigDict:
     c.instruct.seed = 0
     c.instruct.log_every = 10
     # A first phase on rows of its own before the mixed steps above, with a fresh optimiser and schedule of
-    # instruct's other keys; steps 0 (the recipe's) turns it off. PRP alone learns its pair rule where the mix
-    # does not, but the 10-minute budget has no room for it and a mix that keeps AP (docs/results.md,
-    # "PRP alone first"); --config.instruct.first.steps=300 turns it on.
+    # instruct's other keys; steps 0 (the recipe's) turns it off. PRP alone learned its pair rule on one draw of
+    # its rows where the mix did not, but not on others, and the 10-minute budget has no room for it beside a
+    # mix that keeps AP (docs/results.md, "PRP alone first", "The draw decides");
+    # --config.instruct.first.steps=300 turns it on.
     c.instruct.first = ml_collections.ConfigDict()
     c.instruct.first.rows = {"PRP": 7500}
     c.instruct.first.steps = 0
