@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = config_lib.synthetic_dir(config.data.scale, config.data.seed)
     tokenizer = Tokenizer(base / "tokenizer.model")
     summaries = {}
-    for draw in [int(d) for d in _DRAWS.value] or [config.instruct.seed]:
+    for draw in dict.fromkeys(int(d) for d in _DRAWS.value) or [config.instruct.seed]:  # a repeat runs once
         recipe = config.copy_and_resolve_references()
         recipe.instruct.seed = draw
         summaries[draw] = pretrain.run_instruct_stage(load_hf(base, dtype=jnp.float32), recipe, data_dir, tokenizer)
